@@ -1,0 +1,725 @@
+"""The ledger: accounts, immutable transfers, two-phase holds, lots with expiry.
+
+Every public method that changes money is one database transaction keyed by
+a caller-supplied idempotency key: applying the same key twice changes nothing
+and answers with the first transfer (``duplicate=True``); the same key with a
+different request is refused.
+
+Locks are always taken in one order — the transfer's key, the hold, the
+owner account, then that account's lots — so concurrent writers queue instead
+of deadlocking, and the rare conflict PostgreSQL still reports is retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from . import database
+from .amounts import MAX_UNITS, InvalidAmount
+from .errors import (
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidRequest,
+    NotReversible,
+    UnknownAccount,
+    UnknownTransfer,
+)
+from .schema import (
+    OWNER_KINDS,
+    accounts,
+    hold_lots,
+    holds,
+    lot_movements,
+    lots,
+    transfers,
+)
+
+Clock = Callable[[], datetime]
+
+ISSUANCE = "system:issuance"
+USAGE = "system:usage"
+EXPIRED = "system:expired"
+
+_NAME_BODY = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
+_MAX_KEY_LENGTH = 255
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def account_name(text: str) -> str:
+    """The canonical account name: ``alice`` → ``user:alice``; ``group:x`` and ``system:x`` stay."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest("account name must be a non-empty string")
+    text = text.strip()
+    kind, sep, body = text.partition(":")
+    if sep and kind in ("user", "group", "system"):
+        name = text
+    else:
+        kind, body, name = "user", text, f"user:{text}"
+    if not _NAME_BODY.match(body):
+        raise InvalidRequest(f"invalid account name {text!r}: 1-200 characters, no spaces")
+    return name
+
+
+def account_kind(name: str) -> str:
+    return name.partition(":")[0]
+
+
+def request_digest(fields: dict) -> str:
+    """A stable digest of a request's content, to tell a retry from a key reused by mistake."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Transfer:
+    id: int
+    key: str | None
+    kind: str
+    debit_account: str
+    credit_account: str
+    amount: int
+    created_at: datetime
+    actor: str
+    reason: str
+    metadata: dict | None = None
+    pending_id: int | None = None
+    reversal_of: int | None = None
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    transfer: Transfer
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Balance:
+    account: str
+    total: int
+    reserved: int
+
+    @property
+    def available(self) -> int:
+        return self.total - self.reserved
+
+
+@dataclass
+class SweepReport:
+    holds_voided: list[int] = field(default_factory=list)
+    lots_expired: list[int] = field(default_factory=list)
+    expired_units: int = 0
+
+
+class _Duplicate(Exception):
+    """Raised inside a transaction when its key is already taken, to roll it back."""
+
+
+class Ledger:
+    """All money movements. Thread-safe; share one per process."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow):
+        self.engine = engine
+        self.clock = clock
+        self._dialect = engine.dialect.name
+        # Accounts are never deleted, so their ids can be remembered.
+        self._account_ids: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, url: str = database.DEFAULT_URL, *, clock: Clock = utcnow, upgrade: bool = True,
+             **engine_kwargs) -> "Ledger":
+        engine = database.make_engine(url, **engine_kwargs)
+        if upgrade:
+            database.ensure_schema(engine)
+        return cls(engine, clock=clock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- money in and out ---------------------------------------------------
+
+    def grant(self, account: str, amount: int, *, key: str, reason: str, actor: str,
+              expires_at: datetime | None = None, metadata: dict | None = None,
+              kind: str = "grant", fingerprint: dict | None = None) -> TransferResult:
+        """Issue new credits to a user or group, optionally expiring at ``expires_at``."""
+        if kind not in ("grant", "earn"):
+            raise InvalidRequest(f"credits are issued by 'grant' or 'earn', not {kind!r}")
+        name = self._owner_name(account)
+        amount = _check_units(amount)
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise InvalidRequest("expires_at must be timezone-aware")
+        digest = request_digest(fingerprint or {
+            "op": kind, "account": name, "amount": amount, "reason": reason,
+            "expires_at": expires_at, "metadata": metadata})
+        account_id = self._ensure_owner_account(name)
+
+        def work(conn: Connection) -> int:
+            transfer_id = self._claim(conn, key, digest, kind=kind, debit=self._existing_id(conn, ISSUANCE),
+                                      credit=account_id, amount=amount, actor=actor, reason=reason,
+                                      metadata=metadata)
+            self._credit_owner(conn, account_id, transfer_id, amount, expires_at)
+            return transfer_id
+
+        return self._transact(key, digest, work)
+
+    def earn(self, account: str, amount: int, *, key: str, rule: str, actor: str | None = None,
+             reason: str = "", expires_at: datetime | None = None,
+             metadata: dict | None = None) -> TransferResult:
+        """Credits earned by an earning rule (same as a grant, recorded as ``earn``)."""
+        metadata = {"rule": rule, **(metadata or {})}
+        return self.grant(account, amount, key=key, reason=reason or rule,
+                          actor=actor or f"rule:{rule}", expires_at=expires_at,
+                          metadata=metadata, kind="earn")
+
+    def deduct(self, account: str, amount: int, *, key: str, reason: str, actor: str,
+               metadata: dict | None = None, fingerprint: dict | None = None) -> TransferResult:
+        """Take credits away (back to issuance): soonest-expiring credits go first."""
+        name = self._owner_name(account)
+        amount = _check_units(amount)
+        digest = request_digest(fingerprint or {
+            "op": "deduct", "account": name, "amount": amount, "reason": reason,
+            "metadata": metadata})
+
+        def work(conn: Connection) -> int:
+            account_id = self._existing_id(conn, name)
+            transfer_id = self._claim(conn, key, digest, kind="deduct", debit=account_id,
+                                      credit=self._existing_id(conn, ISSUANCE), amount=amount, actor=actor,
+                                      reason=reason, metadata=metadata)
+            self._debit_owner(conn, name, account_id, transfer_id, amount)
+            return transfer_id
+
+        return self._transact(key, digest, work)
+
+    # --- holds ---------------------------------------------------------------
+
+    def hold(self, account: str, amount: int, *, key: str, actor: str, reason: str = "",
+             timeout: timedelta | None = None, metadata: dict | None = None,
+             fingerprint: dict | None = None) -> TransferResult:
+        """Reserve credits (a pending transfer to usage), later posted or voided exactly once."""
+        name = self._owner_name(account)
+        amount = _check_units(amount)
+        if timeout is not None and timeout <= timedelta(0):
+            raise InvalidRequest("hold timeout must be positive")
+        digest = request_digest(fingerprint or {
+            "op": "hold", "account": name, "amount": amount, "reason": reason,
+            "timeout_s": timeout.total_seconds() if timeout else None, "metadata": metadata})
+
+        def work(conn: Connection) -> int:
+            account_id = self._existing_id(conn, name)
+            now = self.clock()
+            transfer_id = self._claim(conn, key, digest, kind="hold", debit=account_id,
+                                      credit=self._existing_id(conn, USAGE), amount=amount, actor=actor,
+                                      reason=reason, metadata=metadata)
+            self._lock_account(conn, account_id)
+            spendable = self._spendable_lots(conn, account_id, now)
+            _require_funds(name, spendable, amount, "hold")
+            conn.execute(insert(holds).values(
+                transfer_id=transfer_id, account_id=account_id, amount=amount, state="pending",
+                posted=0, timeout_at=now + timeout if timeout else None))
+            allocations = []
+            for lot_id, take in _draw(spendable, amount):
+                conn.execute(update(lots).where(lots.c.id == lot_id)
+                             .values(reserved=lots.c.reserved + take))
+                allocations.append({"hold_id": transfer_id, "lot_id": lot_id, "amount": take})
+            conn.execute(insert(hold_lots), allocations)
+            conn.execute(update(accounts).where(accounts.c.id == account_id)
+                         .values(reserved=accounts.c.reserved + amount))
+            return transfer_id
+
+        return self._transact(key, digest, work)
+
+    def post(self, hold_key: str, amount: int | None = None, *, key: str, actor: str,
+             reason: str = "", metadata: dict | None = None,
+             fingerprint: dict | None = None) -> TransferResult:
+        """Settle a hold: move ``amount`` (all of it when None) and release the rest, once."""
+        if amount is not None:
+            amount = _check_units(amount)
+        digest = request_digest(fingerprint or {
+            "op": "post", "hold": hold_key, "amount": amount, "reason": reason,
+            "metadata": metadata})
+
+        def work(conn: Connection) -> int:
+            hold = self._find_hold(conn, hold_key)
+            posted = hold["amount"] if amount is None else amount
+            if posted > hold["amount"]:
+                raise InvalidRequest(
+                    f"cannot post {posted} units: hold {hold_key!r} reserves only {hold['amount']}")
+            now = self.clock()
+            transfer_id = self._claim(conn, key, digest, kind="post", debit=hold["debit"],
+                                      credit=hold["credit"], amount=posted, actor=actor,
+                                      reason=reason, metadata=metadata, pending_id=hold["id"])
+            self._resolve_hold(conn, hold, "posted", posted, now)
+            self._lock_account(conn, hold["debit"])
+            rows = conn.execute(
+                select(hold_lots.c.lot_id, hold_lots.c.amount)
+                .join(lots, lots.c.id == hold_lots.c.lot_id)
+                .where(hold_lots.c.hold_id == hold["id"])
+                .order_by(*_expiry_order(), lots.c.id)
+                .with_for_update(of=lots, key_share=True)
+            ).all()
+            left = posted
+            for lot_id, reserved in rows:
+                take = min(left, reserved)
+                left -= take
+                conn.execute(update(lots).where(lots.c.id == lot_id).values(
+                    remaining=lots.c.remaining - take, reserved=lots.c.reserved - reserved))
+                if take:
+                    conn.execute(insert(lot_movements).values(
+                        lot_id=lot_id, transfer_id=transfer_id, amount=take))
+            conn.execute(update(accounts).where(accounts.c.id == hold["debit"]).values(
+                balance=accounts.c.balance - posted, reserved=accounts.c.reserved - hold["amount"]))
+            if posted < hold["amount"]:
+                # The unposted remainder is voided in the same breath: one resolution.
+                self._insert_transfer(conn, None, None, kind="void", debit=hold["debit"],
+                                      credit=hold["credit"], amount=hold["amount"] - posted,
+                                      actor=actor, reason="remainder of partial post",
+                                      metadata=None, pending_id=hold["id"])
+            return transfer_id
+
+        return self._transact(key, digest, work)
+
+    def void(self, hold_key: str, *, key: str, actor: str, reason: str = "",
+             metadata: dict | None = None, fingerprint: dict | None = None) -> TransferResult:
+        """Release a hold without moving anything, once."""
+        digest = request_digest(fingerprint or {
+            "op": "void", "hold": hold_key, "reason": reason, "metadata": metadata})
+
+        def work(conn: Connection) -> int:
+            hold = self._find_hold(conn, hold_key)
+            return self._void_hold(conn, hold, key, digest, actor, reason, metadata)
+
+        return self._transact(key, digest, work)
+
+    # --- corrections ----------------------------------------------------------
+
+    def reverse(self, transfer: int | str, *, key: str, reason: str, actor: str,
+                metadata: dict | None = None, fingerprint: dict | None = None) -> TransferResult:
+        """Undo a transfer with a new one in the opposite direction (each transfer once)."""
+        digest = request_digest(fingerprint or {
+            "op": "reverse", "transfer": transfer, "reason": reason, "metadata": metadata})
+
+        def work(conn: Connection) -> int:
+            original = self._find_transfer(conn, transfer)
+            if original.kind == "hold":
+                raise NotReversible(f"transfer {original.id} is a hold: release it with void")
+            if original.kind == "void":
+                raise NotReversible(f"transfer {original.id} is a void: place a new hold instead")
+            if original.kind == "reverse":
+                raise NotReversible(
+                    f"transfer {original.id} is itself a reversal: grant or deduct again instead")
+            earlier = conn.execute(select(transfers.c.id).where(
+                transfers.c.reversal_of == original.id)).scalar()
+            if earlier is not None:
+                raise NotReversible(
+                    f"transfer {original.id} was already reversed by transfer {earlier}")
+            debit_id = self._existing_id(conn, original.credit_account)
+            credit_id = self._existing_id(conn, original.debit_account)
+            transfer_id = self._claim(conn, key, digest, kind="reverse", debit=debit_id,
+                                      credit=credit_id, amount=original.amount, actor=actor,
+                                      reason=reason, metadata=metadata, reversal_of=original.id)
+            if account_kind(original.credit_account) in OWNER_KINDS:
+                own_lot = conn.execute(select(lots.c.id).where(
+                    lots.c.transfer_id == original.id)).scalar()
+                self._debit_owner(conn, original.credit_account, debit_id, transfer_id,
+                                  original.amount, prefer_lot=own_lot)
+            if account_kind(original.debit_account) in OWNER_KINDS:
+                self._credit_owner(conn, credit_id, transfer_id, original.amount, None)
+            return transfer_id
+
+        return self._transact(key, digest, work)
+
+    # --- the sweep --------------------------------------------------------------
+
+    def sweep(self, *, actor: str = "system:sweep") -> SweepReport:
+        """Void holds past their timeout, then expire the unreserved remainder of lapsed lots.
+
+        Each item is its own small transaction with a key derived from what it
+        settles, so concurrent sweeps (or a sweep racing a post) settle it once.
+        """
+        report = SweepReport()
+        now = self.clock()
+        with database.read_transaction(self.engine) as conn:
+            timed_out = conn.execute(
+                select(transfers.c.id, transfers.c.key)
+                .join(holds, holds.c.transfer_id == transfers.c.id)
+                .where(holds.c.state == "pending", holds.c.timeout_at <= now)
+                .order_by(holds.c.transfer_id)
+            ).all()
+        for hold_id, hold_key in timed_out:
+            try:
+                result = self.void(hold_key, key=f"timeout:hold-{hold_id}", actor=actor,
+                                   reason="hold timed out")
+            except HoldNotPending:
+                continue  # posted or voided meanwhile: nothing to do
+            if not result.duplicate:
+                report.holds_voided.append(result.transfer.pending_id)
+
+        with database.read_transaction(self.engine) as conn:
+            lapsed = conn.execute(
+                select(lots.c.id).where(lots.c.expires_at <= now,
+                                        lots.c.remaining > lots.c.reserved)
+                .order_by(lots.c.expires_at, lots.c.id)
+            ).scalars().all()
+        for lot_id in lapsed:
+            expired = database.run_with_retries(
+                self.engine, lambda conn, lot_id=lot_id: self._expire_lot(conn, lot_id, now, actor))
+            if expired:
+                report.lots_expired.append(lot_id)
+                report.expired_units += expired
+        return report
+
+    # --- reading ------------------------------------------------------------------
+
+    def balance(self, account: str) -> Balance:
+        name = account_name(account)
+        with database.read_transaction(self.engine) as conn:
+            row = conn.execute(select(accounts.c.id, accounts.c.kind, accounts.c.balance,
+                                      accounts.c.reserved).where(accounts.c.name == name)).first()
+            if row is None:
+                raise UnknownAccount(name)
+            if row.kind == "system":
+                return Balance(name, _system_balance(conn, row.id), 0)
+            # Lapsed credits not yet swept are no longer spendable: do not show them.
+            lapsed = conn.execute(
+                select(func.coalesce(func.sum(lots.c.remaining - lots.c.reserved), 0))
+                .where(lots.c.account_id == row.id, lots.c.expires_at <= self.clock(),
+                       lots.c.remaining > lots.c.reserved)
+            ).scalar()
+            return Balance(name, row.balance - int(lapsed), row.reserved)
+
+    def history(self, account: str, *, limit: int = 50) -> list[Transfer]:
+        """Transfers touching ``account``, newest first."""
+        name = account_name(account)
+        if limit < 1:
+            raise InvalidRequest("limit must be at least 1")
+        with database.read_transaction(self.engine) as conn:
+            account_id = self._existing_id(conn, name)
+            query = (_transfer_query()
+                     .where(or_(transfers.c.debit_account_id == account_id,
+                                transfers.c.credit_account_id == account_id))
+                     .order_by(transfers.c.id.desc()).limit(limit))
+            return [_transfer(row) for row in conn.execute(query)]
+
+    def transfers(self, *, since: datetime | None = None, batch: int = 1000) -> Iterator[Transfer]:
+        """Every transfer in order of id (the audit log), optionally from ``since`` on."""
+        query = _transfer_query().order_by(transfers.c.id)
+        if since is not None:
+            query = query.where(transfers.c.created_at >= since)
+        with database.read_transaction(self.engine) as conn:
+            result = conn.execution_options(yield_per=batch).execute(query)
+            for row in result:
+                yield _transfer(row)
+
+    def get_transfer(self, ref: int | str) -> Transfer:
+        with database.read_transaction(self.engine) as conn:
+            return self._find_transfer(conn, ref)
+
+    def account_names(self) -> list[str]:
+        with database.read_transaction(self.engine) as conn:
+            return conn.execute(select(accounts.c.name).order_by(accounts.c.id)).scalars().all()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _transact(self, key: str, digest: str, work: Callable[[Connection], int]) -> TransferResult:
+        _check_key(key)
+        for _ in range(3):
+            try:
+                transfer_id = database.run_with_retries(self.engine, work)
+            except _Duplicate:
+                return self._existing_result(key, digest)
+            except IntegrityError:
+                # A concurrent writer took this key (or reversed the same transfer) first:
+                # look again from the start, which then sees what it did.
+                if self._key_taken(key):
+                    return self._existing_result(key, digest)
+                continue
+            return TransferResult(self.get_transfer(transfer_id), duplicate=False)
+        raise IdempotencyConflict(f"could not apply {key!r}: concurrent conflicting requests")
+
+    def _key_taken(self, key: str) -> bool:
+        with database.read_transaction(self.engine) as conn:
+            return conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first() \
+                is not None
+
+    def _existing_result(self, key: str, digest: str) -> TransferResult:
+        with database.read_transaction(self.engine) as conn:
+            row = conn.execute(_transfer_query().add_columns(transfers.c.request_hash)
+                               .where(transfers.c.key == key)).first()
+        if row is None:  # pragma: no cover - the key was seen taken a moment ago
+            raise IdempotencyConflict(f"idempotency key {key!r} vanished")
+        if row.request_hash != digest:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was already used for a different request "
+                f"(transfer {row.id}, {row.kind})")
+        return TransferResult(_transfer(row), duplicate=True)
+
+    def _claim(self, conn: Connection, key: str, digest: str, **row) -> int:
+        """Insert the transfer under its key, or roll back as a duplicate if the key is taken."""
+        transfer_id = self._insert_transfer(conn, key, digest, **row)
+        if transfer_id is None:
+            raise _Duplicate()
+        return transfer_id
+
+    def _insert_transfer(self, conn: Connection, key, digest, *, kind, debit, credit, amount,
+                         actor, reason, metadata, pending_id=None, reversal_of=None) -> int | None:
+        values = dict(key=key, request_hash=digest, kind=kind, debit_account_id=debit,
+                      credit_account_id=credit, amount=amount, created_at=self.clock(),
+                      actor=actor or "unknown", reason=reason or "", metadata=metadata,
+                      pending_id=pending_id, reversal_of=reversal_of)
+        if key is None:
+            return conn.execute(insert(transfers).values(values).returning(transfers.c.id)).scalar()
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = (dialect_insert(transfers).values(values)
+                     .on_conflict_do_nothing(index_elements=[transfers.c.key])
+                     .returning(transfers.c.id))
+        return conn.execute(statement).scalar()
+
+    def _owner_name(self, account: str) -> str:
+        name = account_name(account)
+        if account_kind(name) not in OWNER_KINDS:
+            raise InvalidRequest(f"{name} is a system account: only user and group accounts "
+                                 "hold credits")
+        return name
+
+    def _ensure_owner_account(self, name: str) -> int:
+        """The id of an owner account, created (and committed) on first use."""
+        cached = self._account_ids.get(name)
+        if cached is not None:
+            return cached
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+
+        def create(conn: Connection) -> int:
+            conn.execute(dialect_insert(accounts).values(
+                name=name, kind=account_kind(name), balance=0, reserved=0,
+                created_at=self.clock()).on_conflict_do_nothing(index_elements=[accounts.c.name]))
+            return conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar_one()
+
+        account_id = database.run_with_retries(self.engine, create)
+        self._account_ids[name] = account_id
+        return account_id
+
+    def _existing_id(self, conn: Connection, name: str) -> int:
+        cached = self._account_ids.get(name)
+        if cached is not None:
+            return cached
+        account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar()
+        if account_id is None:
+            raise UnknownAccount(name)
+        self._account_ids[name] = account_id
+        return account_id
+
+    def _lock_account(self, conn: Connection, account_id: int) -> None:
+        # FOR NO KEY UPDATE: does not conflict with the key-share locks that
+        # foreign-key checks on new transfer rows take on the same account.
+        conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)
+                     .with_for_update(key_share=True))
+
+    def _spendable_lots(self, conn: Connection, account_id: int, now: datetime,
+                        prefer_lot: int | None = None) -> list[tuple[int, int]]:
+        """(lot id, free units) soonest-expiring first; a lapsed lot only when preferred."""
+        live = or_(lots.c.expires_at.is_(None), lots.c.expires_at > now)
+        if prefer_lot is not None:
+            live = or_(live, lots.c.id == prefer_lot)
+        order = [*_expiry_order(), lots.c.id]
+        if prefer_lot is not None:
+            order.insert(0, case((lots.c.id == prefer_lot, 0), else_=1))
+        rows = conn.execute(
+            select(lots.c.id, lots.c.remaining - lots.c.reserved)
+            .where(lots.c.account_id == account_id, lots.c.remaining > lots.c.reserved, live)
+            .order_by(*order)
+            .with_for_update(key_share=True)
+        ).all()
+        return [(lot_id, int(free)) for lot_id, free in rows]
+
+    def _credit_owner(self, conn: Connection, account_id: int, transfer_id: int, amount: int,
+                      expires_at: datetime | None) -> None:
+        conn.execute(insert(lots).values(account_id=account_id, transfer_id=transfer_id,
+                                         amount=amount, remaining=amount, reserved=0,
+                                         expires_at=expires_at))
+        conn.execute(update(accounts).where(accounts.c.id == account_id)
+                     .values(balance=accounts.c.balance + amount))
+
+    def _debit_owner(self, conn: Connection, name: str, account_id: int, transfer_id: int,
+                     amount: int, prefer_lot: int | None = None) -> None:
+        self._lock_account(conn, account_id)
+        spendable = self._spendable_lots(conn, account_id, self.clock(), prefer_lot)
+        _require_funds(name, spendable, amount, "debit")
+        movements = []
+        for lot_id, take in _draw(spendable, amount):
+            conn.execute(update(lots).where(lots.c.id == lot_id)
+                         .values(remaining=lots.c.remaining - take))
+            movements.append({"lot_id": lot_id, "transfer_id": transfer_id, "amount": take})
+        conn.execute(insert(lot_movements), movements)
+        conn.execute(update(accounts).where(accounts.c.id == account_id)
+                     .values(balance=accounts.c.balance - amount))
+
+    def _find_transfer(self, conn: Connection, ref: int | str) -> Transfer:
+        if isinstance(ref, bool):
+            raise InvalidRequest(f"invalid transfer reference {ref!r}")
+        if isinstance(ref, int):
+            condition = transfers.c.id == ref
+        elif isinstance(ref, str) and ref:
+            condition = transfers.c.key == ref
+        else:
+            raise InvalidRequest(f"invalid transfer reference {ref!r}")
+        row = conn.execute(_transfer_query().where(condition)).first()
+        if row is None:
+            raise UnknownTransfer(f"unknown transfer: {ref}")
+        return _transfer(row)
+
+    def _find_hold(self, conn: Connection, hold_key: str) -> dict:
+        if not isinstance(hold_key, str) or not hold_key:
+            raise InvalidRequest("hold must be the idempotency key of a hold")
+        row = conn.execute(
+            select(transfers.c.id, transfers.c.kind, transfers.c.debit_account_id,
+                   transfers.c.credit_account_id, transfers.c.amount)
+            .where(transfers.c.key == hold_key)).first()
+        if row is None:
+            raise UnknownTransfer(f"unknown hold: {hold_key}")
+        if row.kind != "hold":
+            raise InvalidRequest(f"transfer {hold_key!r} is a {row.kind}, not a hold")
+        return {"id": row.id, "key": hold_key, "debit": row.debit_account_id,
+                "credit": row.credit_account_id, "amount": row.amount}
+
+    def _resolve_hold(self, conn: Connection, hold: dict, state: str, posted: int,
+                      now: datetime) -> None:
+        """Mark the hold resolved, atomically and only if it is still pending."""
+        result = conn.execute(
+            update(holds).where(holds.c.transfer_id == hold["id"], holds.c.state == "pending")
+            .values(state=state, posted=posted, resolved_at=now))
+        if result.rowcount != 1:
+            state_now = conn.execute(select(holds.c.state).where(
+                holds.c.transfer_id == hold["id"])).scalar()
+            raise HoldNotPending(f"hold {hold['key']!r} was already {state_now}")
+
+    def _void_hold(self, conn: Connection, hold: dict, key: str, digest: str, actor: str,
+                   reason: str, metadata: dict | None) -> int:
+        transfer_id = self._claim(conn, key, digest, kind="void", debit=hold["debit"],
+                                  credit=hold["credit"], amount=hold["amount"], actor=actor,
+                                  reason=reason, metadata=metadata, pending_id=hold["id"])
+        self._resolve_hold(conn, hold, "voided", 0, self.clock())
+        self._lock_account(conn, hold["debit"])
+        rows = conn.execute(select(hold_lots.c.lot_id, hold_lots.c.amount)
+                            .where(hold_lots.c.hold_id == hold["id"])
+                            .order_by(hold_lots.c.lot_id)).all()
+        for lot_id, reserved in rows:
+            conn.execute(update(lots).where(lots.c.id == lot_id)
+                         .values(reserved=lots.c.reserved - reserved))
+        conn.execute(update(accounts).where(accounts.c.id == hold["debit"])
+                     .values(reserved=accounts.c.reserved - hold["amount"]))
+        return transfer_id
+
+    def _expire_lot(self, conn: Connection, lot_id: int, now: datetime, actor: str) -> int:
+        account_id = conn.execute(select(lots.c.account_id).where(lots.c.id == lot_id)).scalar()
+        self._lock_account(conn, account_id)
+        lot = conn.execute(select(lots.c.remaining, lots.c.reserved, lots.c.expires_at)
+                           .where(lots.c.id == lot_id).with_for_update(key_share=True)).one()
+        amount = lot.remaining - lot.reserved
+        if amount <= 0 or lot.expires_at is None or lot.expires_at > now:
+            return 0
+        # The remainder only ever shrinks, so (lot, remainder) names this expiry uniquely.
+        key = f"expire:lot-{lot_id}:{lot.remaining}"
+        transfer_id = self._insert_transfer(
+            conn, key, request_digest({"op": "expire", "lot": lot_id, "remaining": lot.remaining}),
+            kind="expire", debit=account_id, credit=self._existing_id(conn, EXPIRED), amount=amount,
+            actor=actor, reason="credits expired", metadata={"lot": lot_id})
+        if transfer_id is None:
+            return 0
+        conn.execute(update(lots).where(lots.c.id == lot_id)
+                     .values(remaining=lots.c.remaining - amount))
+        conn.execute(insert(lot_movements).values(lot_id=lot_id, transfer_id=transfer_id,
+                                                  amount=amount))
+        conn.execute(update(accounts).where(accounts.c.id == account_id)
+                     .values(balance=accounts.c.balance - amount))
+        return amount
+
+
+# --- small pure helpers ----------------------------------------------------------------
+
+
+def _check_units(amount: Any) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidAmount(f"amount must be an integer number of units, not {amount!r}")
+    if amount <= 0:
+        raise InvalidAmount(f"amount must be greater than zero, not {amount}")
+    if amount > MAX_UNITS:
+        raise InvalidAmount(f"amount {amount} exceeds the largest single amount ({MAX_UNITS})")
+    return amount
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidRequest("every transfer needs an idempotency key (a non-empty string)")
+    if len(key) > _MAX_KEY_LENGTH:
+        raise InvalidRequest(f"idempotency key longer than {_MAX_KEY_LENGTH} characters")
+
+
+def _require_funds(name: str, spendable: list[tuple[int, int]], amount: int, what: str) -> None:
+    from .amounts import format_exact
+
+    available = sum(free for _, free in spendable)
+    if available < amount:
+        raise InsufficientFunds(
+            f"insufficient funds: {name} has {format_exact(available)} credits available, "
+            f"{format_exact(amount)} needed for this {what}")
+
+
+def _draw(spendable: list[tuple[int, int]], amount: int) -> Iterator[tuple[int, int]]:
+    """Take ``amount`` from lots in the order given: (lot id, units taken)."""
+    left = amount
+    for lot_id, free in spendable:
+        if left == 0:
+            break
+        take = min(free, left)
+        left -= take
+        yield lot_id, take
+
+
+def _expiry_order():
+    # Soonest expiry first; credits that never expire last.
+    return case((lots.c.expires_at.is_(None), 1), else_=0), lots.c.expires_at
+
+
+def _system_balance(conn: Connection, account_id: int) -> int:
+    moving = transfers.c.kind.not_in(("hold", "void"))
+    credited = select(func.coalesce(func.sum(transfers.c.amount), 0)).where(
+        transfers.c.credit_account_id == account_id, moving)
+    debited = select(func.coalesce(func.sum(transfers.c.amount), 0)).where(
+        transfers.c.debit_account_id == account_id, moving)
+    return int(conn.execute(credited).scalar()) - int(conn.execute(debited).scalar())
+
+
+_debit_account = accounts.alias("debit_account")
+_credit_account = accounts.alias("credit_account")
+
+
+def _transfer_query():
+    return (
+        select(transfers.c.id, transfers.c.key, transfers.c.kind,
+               _debit_account.c.name.label("debit_name"),
+               _credit_account.c.name.label("credit_name"),
+               transfers.c.amount, transfers.c.created_at, transfers.c.actor, transfers.c.reason,
+               transfers.c.metadata, transfers.c.pending_id, transfers.c.reversal_of)
+        .join(_debit_account, _debit_account.c.id == transfers.c.debit_account_id)
+        .join(_credit_account, _credit_account.c.id == transfers.c.credit_account_id)
+    )
+
+
+def _transfer(row) -> Transfer:
+    return Transfer(id=row.id, key=row.key, kind=row.kind, debit_account=row.debit_name,
+                    credit_account=row.credit_name, amount=int(row.amount),
+                    created_at=row.created_at, actor=row.actor, reason=row.reason,
+                    metadata=row.metadata, pending_id=row.pending_id, reversal_of=row.reversal_of)

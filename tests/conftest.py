@@ -1,0 +1,100 @@
+"""Shared fixtures: real databases (a SQLite file and a fresh PostgreSQL database per run)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from jupyterhub_credits.ledger import Ledger
+from jupyterhub_credits.ledger import database as ledger_database
+from jupyterhub_credits.ledger.schema import accounts, hold_lots, holds, lot_movements, lots, transfers
+
+PG_ADMIN_URL = os.environ.get(
+    "JUPYTERHUB_CREDITS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class FakeClock:
+    """An injected clock: time moves only when a test says so."""
+
+    def __init__(self, start: datetime | None = None):
+        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def _admin_engine():
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    name = f"credits_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # noqa: BLE001 - any connection failure means "no server"
+        admin.dispose()
+        message = f"PostgreSQL not reachable at {PG_ADMIN_URL}: {error}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    engine = ledger_database.make_engine(url)
+    ledger_database.upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def reset_ledger(engine) -> None:
+    """Empty every ledger table except the seeded system accounts."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in (hold_lots, lot_movements, holds, lots, transfers))
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+        else:
+            for table in (hold_lots, lot_movements, holds, lots, transfers):
+                conn.execute(table.delete())
+        conn.execute(accounts.delete().where(accounts.c.kind != "system"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A ledger database URL, empty and at the schema's head, on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        engine = ledger_database.make_engine(url)
+        ledger_database.upgrade(engine)
+        engine.dispose()
+        return url
+    url = request.getfixturevalue("postgres_url")
+    engine = ledger_database.make_engine(url)
+    reset_ledger(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(db_url, clock):
+    ledger = Ledger.open(db_url, clock=clock)
+    yield ledger
+    ledger.close()

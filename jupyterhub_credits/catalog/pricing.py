@@ -1,0 +1,162 @@
+"""What sessions cost: exact integer arithmetic over ledger units.
+
+Rates are integer units per hour; durations are whole seconds or exact
+``Decimal`` hours. Every function here rounds in the platform's favour where it
+charges (``ceil``) and in the user's favour where it promises time (``floor``),
+so that a hold always covers the time it is said to pay for and billing never
+runs past what was held. No float ever touches an amount.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from fractions import Fraction
+
+from .model import CPU_ONLY, Catalog
+
+SECONDS_PER_HOUR = 3600
+#: Digits after the decimal point a user may give for hours (0.0001 h = 0.36 s).
+HOURS_DECIMAL_PLACES = 4
+#: A typo guard: no request or quota is this long (over 11 years).
+MAX_HOURS = Decimal(100_000)
+
+_HOURS_TEXT = re.compile(r"^\s*([+-]?)(\d+)(?:\.(\d+))?\s*$")
+
+
+class InvalidHours(ValueError):
+    """A number of hours that is not a positive, exact decimal with at most 4 places."""
+
+
+def parse_hours(value) -> Decimal:
+    """Return ``value`` (a decimal string, int or Decimal) as exact ``Decimal`` hours.
+
+    Floats are refused for the same reason as in ``parse_amount``: "0.1" as a
+    float is not 0.1, and hours turn into money.
+    """
+    example = 'a number of hours such as "1.5"'
+    if isinstance(value, bool) or value is None:
+        raise InvalidHours(f"invalid hours {value!r}: expected {example}")
+    if isinstance(value, float):
+        raise InvalidHours(
+            f'invalid hours {value!r}: give hours as a decimal string ("1.5"), not a float'
+        )
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidHours(f"invalid hours {value!r}: not a finite number")
+        text = format(value, "f")
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise InvalidHours(f"invalid hours {value!r}: expected {example}")
+
+    match = _HOURS_TEXT.match(text)
+    if not match:
+        raise InvalidHours(f"invalid hours {text!r}: expected {example}")
+    sign, whole, fraction = match.groups()
+    shown = text.strip()
+    fraction = (fraction or "").rstrip("0")
+    if len(fraction) > HOURS_DECIMAL_PLACES:
+        raise InvalidHours(
+            f"invalid hours {shown!r}: at most {HOURS_DECIMAL_PLACES} decimal places"
+        )
+    if len(whole.lstrip("0")) > len(str(MAX_HOURS)):
+        raise InvalidHours(f"invalid hours {shown!r}: more than {MAX_HOURS} hours")
+    hours = Decimal(f"{whole}.{fraction}" if fraction else whole)
+    if sign == "-" and hours:
+        raise InvalidHours(f"invalid hours {shown!r}: must not be negative")
+    if not hours:
+        raise InvalidHours(f"invalid hours {shown!r}: must be greater than zero")
+    if hours > MAX_HOURS:
+        raise InvalidHours(f"invalid hours {shown!r}: more than {MAX_HOURS} hours")
+    return hours
+
+
+def rate_per_hour(catalog: Catalog, gpu_type: str, gpus: int) -> int:
+    """Units per hour for ``gpus`` GPUs of ``gpu_type``, or the CPU price for "none"."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int):
+        raise TypeError(f"gpus must be an int, not {type(gpus).__name__}")
+    if gpu_type == CPU_ONLY:
+        if gpus != 0:
+            raise ValueError(f'a CPU-only session (gpu_type "{CPU_ONLY}") has 0 GPUs, not {gpus}')
+        return catalog.cpu.price_per_hour
+    try:
+        gpu = catalog.gpu_types[gpu_type]
+    except KeyError:
+        raise ValueError(f"unknown GPU type {gpu_type!r}") from None
+    if gpus < 1:
+        raise ValueError(f"a {gpu.display_name} session needs at least 1 GPU, not {gpus}")
+    return gpu.price_per_gpu_hour * gpus
+
+
+def hold_amount(rate_per_hour_units: int, hours: Decimal | int) -> int:
+    """Units to hold for ``hours`` at ``rate_per_hour_units``: ceil(rate × hours)."""
+    return math.ceil(_rate(rate_per_hour_units) * _exact(hours, "hours"))
+
+
+def cost_of_seconds(rate_per_hour_units: int, seconds: int | Decimal) -> int:
+    """Units owed for ``seconds`` of use: ceil(rate × seconds / 3600), billed per second."""
+    return math.ceil(_rate(rate_per_hour_units) * _exact(seconds, "seconds") / SECONDS_PER_HOUR)
+
+
+def paid_seconds(rate_per_hour_units: int, held_units: int) -> int:
+    """Whole seconds that ``held_units`` pay for at ``rate_per_hour_units`` (floor).
+
+    ``cost_of_seconds(rate, paid_seconds(rate, held)) <= held`` always holds,
+    so a session stopped at its paid time never owes more than its hold.
+    """
+    rate = _rate(rate_per_hour_units)
+    if rate == 0:
+        raise ValueError("a rate of 0 units per hour pays for unlimited time")
+    held = _exact(held_units, "held_units")
+    return math.floor(held * SECONDS_PER_HOUR / rate)
+
+
+def max_affordable_hours(
+    rate_per_hour_units: int,
+    available_units: int,
+    *,
+    max_hours: Decimal | None = None,
+    places: int = 2,
+) -> Decimal:
+    """The most hours ``available_units`` buy, floored to ``places`` decimals.
+
+    Capped at ``max_hours`` (the quota) when given. The result ``h`` always
+    satisfies ``hold_amount(rate, h) <= available_units``, so the spawn form can
+    offer it as the top of its hours range.
+    """
+    if not 0 <= places <= HOURS_DECIMAL_PLACES:
+        raise ValueError(f"places must be between 0 and {HOURS_DECIMAL_PLACES}")
+    rate = _rate(rate_per_hour_units)
+    if rate == 0:
+        raise ValueError("a rate of 0 units per hour buys unlimited time")
+    scale = 10**places
+    steps = max(available_units, 0) * scale // rate
+    hours = Decimal(steps).scaleb(-places)
+    if max_hours is not None and hours > max_hours:
+        return max_hours
+    return hours
+
+
+def _rate(rate_per_hour_units: int) -> int:
+    if isinstance(rate_per_hour_units, bool) or not isinstance(rate_per_hour_units, int):
+        raise TypeError(
+            f"a rate must be an int number of units per hour, not {rate_per_hour_units!r}"
+        )
+    if rate_per_hour_units < 0:
+        raise ValueError(f"a rate must not be negative, got {rate_per_hour_units}")
+    return rate_per_hour_units
+
+
+def _exact(value, name: str) -> Fraction:
+    """``value`` as an exact Fraction; floats are refused (they are not exact)."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise TypeError(f"{name} must be an int or Decimal, not {value!r}")
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return Fraction(value)

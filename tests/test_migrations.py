@@ -12,6 +12,7 @@ from sqlalchemy import inspect, select, text
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger import database
 from jupyterhub_credits.ledger.schema import SYSTEM_ACCOUNTS, VERSION_TABLE, accounts, metadata
+from jupyterhub_credits.sessions import schema as _sessions_schema  # noqa: F401 - registers tables
 
 
 def test_migrated_schema_matches_the_code(db_url):

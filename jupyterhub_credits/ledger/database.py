@@ -23,7 +23,7 @@ from .schema import VERSION_TABLE
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///jupyterhub_credits.sqlite"
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent.parent / "alembic"
 
 # PostgreSQL SQLSTATEs that mean "nothing happened, try again".
 RETRYABLE_SQLSTATES = {"40001", "40P01"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -36,10 +37,10 @@ def _admin_engine():
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database for this test run, dropped afterwards."""
-    name = f"credits_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def fresh_postgres_database(prefix: str = "credits_test"):
+    """A new, empty PostgreSQL database at the schema's head; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = _admin_engine()
     try:
         with admin.connect() as conn:
@@ -54,10 +55,19 @@ def postgres_url():
     engine = ledger_database.make_engine(url)
     ledger_database.upgrade(engine)
     engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 def reset_ledger(engine) -> None:

@@ -1,0 +1,165 @@
+"""Wire jupyterhub-credits into a JupyterHub configuration in one call.
+
+In ``jupyterhub_config.py``::
+
+    from jupyterhub_credits.hubconfig import configure_credits
+    configure_credits(c, catalog_path="config/catalog.yaml",
+                      db_url="sqlite:///jupyterhub_credits.sqlite")
+
+It checks the catalog (an invalid one stops the hub at start-up with a message
+naming the file, the key and the problem), sets the spawner, defines the
+credits RBAC scopes and roles, and registers the managed ``credits`` service
+that serves the API and runs the meter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .catalog import CatalogError, load_catalog
+from .ledger import Ledger
+
+SERVICE_NAME = "credits"
+
+#: RBAC custom scopes of the credits service.
+SCOPES = {
+    "custom:credits:read": {
+        "description": "Read credit balances, sessions and history (own, with !user filter).",
+    },
+    "custom:credits:spend": {
+        "description": "Extend sessions and change how they are paid (own, with !user filter).",
+    },
+    "custom:credits:events": {
+        "description": "Report activity events that may earn credits (own, with !user filter).",
+    },
+    "custom:credits:admin": {
+        "description": "Administer credits: grant, deduct, reverse, freeze, stop sessions.",
+        "subscopes": ["custom:credits:read", "custom:credits:spend", "custom:credits:events"],
+    },
+}
+
+#: What the service's own token may do at the hub (the meter stops servers).
+SERVICE_SCOPES = ["list:users", "read:users", "read:users:name", "read:servers",
+                  "delete:servers", "read:groups", "users:activity"]
+
+SPAWNERS = {
+    "local": "jupyterhub_credits.spawner.CreditsLocalProcessSpawner",
+    "simple": "jupyterhub_credits.spawner.CreditsSimpleLocalProcessSpawner",
+    "kubernetes": "jupyterhub_credits.spawner.kube.CreditsKubeSpawner",
+}
+
+
+def check_catalog(catalog_path: str):
+    try:
+        return load_catalog(catalog_path)
+    except CatalogError as error:
+        sys.exit(f"jupyterhub-credits: invalid catalog: {error}")
+    except OSError as error:
+        sys.exit(f"jupyterhub-credits: cannot read the catalog {catalog_path}: {error.strerror}")
+
+
+def _merge_role(roles: list, name: str, scopes: list[str], **members) -> None:
+    for role in roles:
+        if role.get("name") == name:
+            role["scopes"] = sorted(set(role.get("scopes", [])) | set(scopes))
+            for kind, names in members.items():
+                role[kind] = sorted(set(role.get(kind, [])) | set(names))
+            return
+    roles.append({"name": name, "scopes": list(scopes), **members})
+
+
+def _get(section, name: str, default):
+    """A value already set in the config, or ``default`` (unset keys are lazy objects)."""
+    return section[name] if name in section else default
+
+
+def _default_scopes(role_name: str) -> list[str]:
+    from jupyterhub.roles import get_default_roles
+
+    return next(role["scopes"] for role in get_default_roles() if role["name"] == role_name)
+
+
+def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "local",
+                      admin_users: list[str] | None = None,
+                      service_port: int = 10101, service_ip: str = "127.0.0.1",
+                      meter_interval: float = 5.0, upgrade_db: bool = True,
+                      service_environment: dict | None = None) -> None:
+    """Configure the hub ``c`` for credits (see the module docstring)."""
+    catalog_path = os.path.abspath(catalog_path)
+    check_catalog(catalog_path)
+    if upgrade_db:
+        # Migrate once here, before the hub and the service both open the database.
+        Ledger.open(db_url).close()
+
+    c.JupyterHub.spawner_class = SPAWNERS.get(spawner, spawner)
+    c.CreditsSpawner.catalog_path = catalog_path
+    c.CreditsSpawner.credits_db_url = db_url
+
+    custom_scopes = dict(_get(c.JupyterHub, "custom_scopes", {}))
+    custom_scopes.update(SCOPES)
+    c.JupyterHub.custom_scopes = custom_scopes
+
+    roles = list(_get(c.JupyterHub, "load_roles", []))
+    _merge_role(roles, "credits-service", SERVICE_SCOPES, services=[SERVICE_NAME])
+    # Every user reads, spends and reports for themselves only.
+    c.JupyterHub.extra_user_scopes = sorted(set(_get(c.JupyterHub, "extra_user_scopes", [])) | {
+        f"access:services!service={SERVICE_NAME}", "custom:credits:read!user",
+        "custom:credits:spend!user", "custom:credits:events!user"})
+    # A single-user server's token reports for its owner (events, time left);
+    # overriding a default role replaces its scopes, so start from the defaults.
+    _merge_role(roles, "server", [*_default_scopes("server"),
+                                  f"access:services!service={SERVICE_NAME}",
+                                  "custom:credits:read!user", "custom:credits:events!user"])
+    admins = sorted(set(admin_users or []) | set(_get(c.Authenticator, "admin_users", [])))
+    _merge_role(roles, "credits-admin", ["custom:credits:admin"], users=admins)
+    c.JupyterHub.load_roles = roles
+
+    environment = {
+        "JUPYTERHUB_CREDITS_DB_URL": db_url,
+        "JUPYTERHUB_CREDITS_CATALOG": catalog_path,
+        "JUPYTERHUB_CREDITS_METER_INTERVAL": str(meter_interval),
+        **(service_environment or {}),
+    }
+    services = [s for s in _get(c.JupyterHub, "services", []) if s.get("name") != SERVICE_NAME]
+    services.append({
+        "name": SERVICE_NAME,
+        "url": f"http://{service_ip}:{service_port}",
+        "command": [sys.executable, "-m", "jupyterhub_credits.service"],
+        "environment": environment,
+        "display": True,
+        "oauth_no_confirm": True,
+    })
+    c.JupyterHub.services = services
+
+
+def signup_grant_hook(amount: str, *, expires_in_days: float | None = 30,
+                      reason: str = "signup bonus"):
+    """An ``Authenticator.post_auth_hook`` granting ``amount`` credits on a user's first login.
+
+    Keyed ``signup:<user>``: granted once per user, ever, however often they log in.
+    (The earning rules take this over later; this is the cold-start grant.)
+    """
+    from datetime import timedelta
+
+    from .ledger import parse_amount
+
+    units = parse_amount(amount)
+
+    async def grant_on_first_login(authenticator, handler, authentication):
+        import asyncio
+
+        from .spawner.context import shared_context
+
+        name = authentication["name"]
+        context = shared_context(authenticator.config.CreditsSpawner.credits_db_url,
+                                 authenticator.config.CreditsSpawner.catalog_path)
+        ledger = context.ledger
+        expires_at = (ledger.clock() + timedelta(days=expires_in_days)
+                      if expires_in_days else None)
+        await asyncio.to_thread(ledger.grant, name, units, key=f"signup:{name}", reason=reason,
+                                actor="system:signup", expires_at=expires_at,
+                                fingerprint={"op": "signup", "user": name})
+        return authentication
+
+    return grant_on_first_login

@@ -1,0 +1,67 @@
+"""The spawn form, rendered from the catalog, the user's balance and live GPU availability."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from ..catalog import DEFAULT_HOURS, effective_quotas, minimum_hours
+from ..ledger import format_amount
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+
+async def render_options_form(spawner) -> str:
+    context = spawner.credits
+    catalog = context.catalog
+    quotas = effective_quotas(catalog, spawner._group_names())
+    free = await spawner.free_gpus()
+    totals = getattr(spawner, "gpu_totals", lambda: None)()
+    account, available = await asyncio.to_thread(spawner.paying_account, 0)
+    gpu_types = []
+    for gpu_id, gpu in catalog.gpu_types.items():
+        count = None if free is None else free.get(gpu_id, 0)
+        total = (totals or {}).get(gpu_id)
+        if count is None:
+            availability = "availability unknown"
+        elif total is not None:
+            availability = f"{count} of {total} free"
+        else:
+            availability = f"{count} free"
+        gpu_types.append({
+            "id": gpu_id, "display_name": gpu.display_name,
+            "price": format_amount(gpu.price_per_gpu_hour), "rate": gpu.price_per_gpu_hour,
+            "free": "" if count is None else count, "availability": availability,
+        })
+    return _templates.get_template("options_form.html").render(
+        images=[{"id": image_id, "display_name": image.display_name,
+                 "gpu_types": image.gpu_types, "default": image.default}
+                for image_id, image in catalog.images.items()],
+        gpu_types=gpu_types,
+        cpu_rate=catalog.cpu.price_per_hour,
+        cpu_price=format_amount(catalog.cpu.price_per_hour),
+        available_units=available,
+        available=format_amount(available),
+        paying_account=account,
+        own_account=f"user:{spawner.user.name}",
+        max_gpus=quotas.max_gpus_per_session,
+        max_hours=quotas.max_hours_per_session,
+        min_hours=minimum_hours(quotas),
+        default_hours=DEFAULT_HOURS,
+    )
+
+
+def user_options_from_form(formdata: dict) -> dict:
+    """Form fields (lists of strings) → the ``user_options`` contract (checked at start)."""
+    def first(name, fallback=None):
+        values = formdata.get(name) or []
+        return values[0].strip() if values and isinstance(values[0], str) else fallback
+
+    options = {"image": first("image"), "gpu_type": first("gpu_type", "none"),
+               "gpus": first("gpus"), "hours": first("hours")}
+    return {name: value for name, value in options.items() if value not in (None, "")}

@@ -1,0 +1,266 @@
+"""CreditsSpawner: pay for a notebook server with credits.
+
+A mixin (configured as ``c.CreditsSpawner.…``) put in front of a concrete spawner (local process or KubeSpawner). In
+``start`` it validates the request against the catalog, admits it (quota →
+capacity → balance), holds the credits, places the server on GPUs, starts it
+and marks the session ready once the server answers HTTP — billing runs from
+then. Settlement happens in ``run_post_stop_hook``, which JupyterHub runs on
+every way a server ends (user or admin stop, culler, meter expiry, a crash
+found by poll, a hub restart that finds the server gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+
+from jupyterhub.spawner import SpawnException
+from jupyterhub.utils import url_path_join, wait_for_http_server
+from traitlets import Bool, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..catalog import (
+    CPU_ONLY,
+    InvalidRequest,
+    admit,
+    effective_quotas,
+    hold_amount,
+    pool_groups,
+    validate_request,
+)
+from ..ledger import LedgerError
+from ..sessions.store import SessionConflict
+from .context import CreditsContext, shared_context
+from .form import render_options_form, user_options_from_form
+
+# HTTP statuses of admission refusals, for the REST API.
+REFUSAL_STATUS = {"invalid": 400, "quota": 403, "balance": 402, "capacity": 503}
+
+
+def refuse(message: str, reason: str) -> SpawnException:
+    """A SpawnException whose message reaches both the spawn page and the REST API."""
+    error = SpawnException(message, reason=reason, status_code=REFUSAL_STATUS.get(reason, 400))
+    # The spawn-pending page and its reload read these, not the exception's message.
+    error.jupyterhub_message = message
+    error.jupyterhub_html_message = None
+    return error
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class CreditsSpawner(LoggingConfigurable):
+    """Admission, holds, billing and settlement around any spawner's start/stop.
+
+    Not a spawner by itself: concrete classes put it first in their bases, e.g.
+    ``class CreditsLocalProcessSpawner(CreditsSpawner, LocalProcessSpawner)``.
+    """
+
+    credits_db_url = Unicode(
+        config=True,
+        help="""Database URL of the credits ledger (SQLite or PostgreSQL).
+
+        Default: $JUPYTERHUB_CREDITS_DB_URL, else sqlite:///jupyterhub_credits.sqlite.
+        The credits service must use the same database.""",
+    )
+
+    @default("credits_db_url")
+    def _default_db_url(self):
+        return os.environ.get("JUPYTERHUB_CREDITS_DB_URL", "sqlite:///jupyterhub_credits.sqlite")
+
+    catalog_path = Unicode(
+        config=True,
+        help="""Path of the catalog YAML file (images, GPU types, prices, quotas).
+
+        Default: $JUPYTERHUB_CREDITS_CATALOG, else config/catalog.yaml. An invalid
+        catalog stops the hub at start-up with a message naming the file and key.""",
+    )
+
+    @default("catalog_path")
+    def _default_catalog_path(self):
+        return os.environ.get("JUPYTERHUB_CREDITS_CATALOG", "config/catalog.yaml")
+
+    credits_ready_check = Bool(
+        True,
+        config=True,
+        help="""Start billing only once the server answers HTTP (its /api), not when the
+        process or pod exists. Turn off only where the hub cannot reach the server.""",
+    )
+
+    credits_session_key = Unicode("", help="The open session's key (persisted in state).")
+
+    # --- shared, process-wide resources ---------------------------------------
+
+    @property
+    def credits(self) -> CreditsContext:
+        return shared_context(self.credits_db_url, self.catalog_path)
+
+    def clock(self) -> datetime:
+        return self.credits.ledger.clock()
+
+    # --- state -------------------------------------------------------------------
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.credits_session_key = state.get("credits_session_key", "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.credits_session_key:
+            state["credits_session_key"] = self.credits_session_key
+        return state
+
+    # clear_state() keeps the session key on purpose: LocalProcessSpawner.poll()
+    # clears state as soon as it sees the process gone, before the hub runs the
+    # post-stop hook that must still settle the session.
+
+    # --- the spawn form -------------------------------------------------------------
+
+    def _default_options_form(self, spawner):
+        return render_options_form(self)
+
+    @default("options_form")
+    def _options_form_default(self):
+        return self._default_options_form
+
+    def options_from_form(self, formdata):
+        return user_options_from_form(formdata)
+
+    # --- capacity (overridden by each concrete spawner) ------------------------------
+
+    async def free_gpus(self) -> dict[str, int] | None:
+        """GPUs free right now per GPU type; None where it cannot be known."""
+        raise NotImplementedError
+
+    async def place_on_gpus(self, session, request) -> None:
+        """Give the server its GPUs (allocation, limits, selectors) before it starts."""
+        raise NotImplementedError
+
+    async def release_gpus(self, session) -> None:
+        """Give the session's GPUs back once its server is gone."""
+
+    # --- paying account ---------------------------------------------------------------
+
+    def _group_names(self) -> list[str]:
+        return sorted(group.name for group in getattr(self.user, "groups", []))
+
+    def paying_account(self, hold_units: int) -> tuple[str, int]:
+        """(account, available units): a group pool that covers the hold pays first."""
+        ledger = self.credits.ledger
+        for group in pool_groups(self.credits.catalog, self._group_names()):
+            available = _available(ledger, f"group:{group}")
+            if available >= hold_units:
+                return f"group:{group}", available
+        return f"user:{self.user.name}", _available(ledger, f"user:{self.user.name}")
+
+    # --- start -------------------------------------------------------------------------
+
+    async def start(self):
+        context = self.credits
+        try:
+            request = validate_request(context.catalog, self.user_options)
+        except InvalidRequest as error:
+            raise refuse(str(error), "invalid") from None
+        store = context.sessions
+
+        # A session left open by a start the hub never finished (a crash) ends first.
+        stale = await asyncio.to_thread(store.open_session, self.user.name, self.name)
+        if stale is not None:
+            await self._settle(stale.key, "replaced", ended_now=False)
+
+        quotas = effective_quotas(context.catalog, self._group_names())
+        free = await self.free_gpus() if request.uses_gpus else None
+        wanted = hold_amount(request.rate_per_hour_units, request.hours)
+        account, available = await asyncio.to_thread(self.paying_account, wanted)
+        running = await asyncio.to_thread(store.running_gpu_sessions, self.user.name)
+        decision = admit(request, quotas=quotas, running_gpu_sessions=running,
+                         free_gpus=free, available_units=available)
+        if not decision.ok:
+            self.log.info("credits: refused %s for %s: %s", request.user_options(),
+                          self._log_name, decision.message)
+            raise refuse(decision.message, decision.reason)
+
+        try:
+            session = await asyncio.to_thread(
+                store.start, user=self.user.name, server_name=self.name, account=account,
+                image=request.image, gpu_type=request.gpu_type, gpus=request.gpus,
+                rate_per_hour=request.rate_per_hour_units, hold_units=decision.hold_units,
+                actor=f"user:{self.user.name}")
+        except SessionConflict as error:
+            raise refuse(str(error), "invalid") from None
+        except LedgerError as error:  # e.g. the balance changed since admission
+            raise refuse(str(error), "balance") from None
+        self.credits_session_key = session.key
+        self.log.info("credits: %s holds %s units for %s (session %s)", account,
+                      decision.hold_units, self._log_name, session.key)
+        try:
+            await self.place_on_gpus(session, request)
+            started = await super().start()
+            url = _as_url(started)
+            if self.credits_ready_check:
+                await self._wait_until_answering(url)
+            await asyncio.to_thread(store.mark_ready, session.key)
+            return started
+        except BaseException:
+            # A failed or cancelled start costs nothing: void the hold, free the GPUs.
+            await self._settle(session.key, "start_failed", ended_now=False)
+            raise
+
+    async def _wait_until_answering(self, url: str) -> None:
+        api = url_path_join(url, self.server.base_url if self.server else "/", "api")
+        await wait_for_http_server(api, timeout=self.http_timeout)
+
+    # --- stop and settlement ---------------------------------------------------------------
+
+    _stopped_by_hub = False
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        self._stopped_by_hub = True
+
+    async def run_post_stop_hook(self):
+        key = self.credits_session_key
+        if key:
+            # When the hub stopped it, it ended now; when the hub only found it gone
+            # (a crash, or while the hub was down), it ended at the last billed tick.
+            await self._settle(key, "stopped" if self._stopped_by_hub else "server_gone",
+                               ended_now=self._stopped_by_hub)
+        self.credits_session_key = ""
+        self._stopped_by_hub = False
+        return super().run_post_stop_hook()
+
+    async def _settle(self, key: str, reason: str, *, ended_now: bool) -> None:
+        """Settle the session; ``ended_now`` False means it ended at its last billed tick."""
+        store = self.credits.sessions
+        session = await asyncio.to_thread(store.get, key)
+        if session is None:
+            return
+        end = None if ended_now or session.billed_until is None else session.billed_until
+        try:
+            settled = await asyncio.to_thread(store.settle, key, reason=reason, end=end,
+                                              actor="system:spawner")
+        except Exception:  # noqa: BLE001 - never let settlement break the hub's stop
+            self.log.exception("credits: settling %s failed; the meter will retry", key)
+            return
+        await self.release_gpus(settled)
+        self.log.info("credits: session %s ended (%s), charged %s units", key,
+                      settled.end_reason, settled.charged)
+
+
+def _available(ledger, account: str) -> int:
+    try:
+        return ledger.balance(account).available
+    except LedgerError:
+        return 0
+
+
+def _as_url(started) -> str:
+    if isinstance(started, tuple):
+        ip, port = started
+        return f"http://{ip or '127.0.0.1'}:{port}"
+    return started
+
+
+__all__ = ["CPU_ONLY", "CreditsSpawner", "refuse"]

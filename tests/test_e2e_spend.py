@@ -26,7 +26,14 @@ def database_url():
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, database_url):
-    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=database_url, meter_interval=0.5)
+    # Servers of users named broken-* exit at once: a start that fails after the hold.
+    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=database_url, meter_interval=0.5,
+                     extra_config="""
+        def break_some(spawner):
+            if spawner.user.name.startswith("broken"):
+                spawner.cmd = ["/bin/false"]
+        c.Spawner.pre_spawn_hook = break_some
+    """)
     hub.start()
     yield hub
     hub.stop()
@@ -71,3 +78,111 @@ def test_gpu_session_is_held_billed_from_ready_and_settled_to_the_second(hub, le
     balance = ledger.balance("ada")
     assert (balance.total, balance.reserved) == (100_000 - ended.charged, 0)
     assert verify(ledger.engine).ok
+
+
+def test_cpu_session_is_paid_at_the_cpu_rate_and_sees_no_gpu(hub, ledger):
+    grant(ledger, "carl", 5)
+    response = spawn(hub, "carl", image="tf-2.21-cpu", gpu_type="none", gpus=0, hours="2")
+    assert response.status_code in (201, 202), response.text
+    hub.wait_ready("carl")
+    session = SessionStore(ledger).open_session("carl")
+    assert (session.gpu_type, session.gpus, session.rate_per_hour, session.held) == (
+        "none", 0, 1000, 2000)
+    assert session.devices is None
+    hub.api("DELETE", "/users/carl/server")
+    hub.wait_gone("carl")
+    ended = wait_for(lambda: (s := SessionStore(ledger).get(session.key)).state == "ended" and s,
+                     what="settlement")
+    assert 0 < ended.charged <= 2000
+    assert ledger.balance("carl").reserved == 0
+
+
+@pytest.mark.parametrize("options, status, words", [
+    ({"image": "tf-2.21", "gpu_type": "a100", "gpus": 4, "hours": "1"}, 403, "At most 3 GPUs"),
+    ({"image": "tf-2.21", "gpu_type": "a100", "gpus": 1, "hours": "25"}, 403, "24"),
+    ({"image": "tf-2.21", "gpu_type": "t4", "gpus": 2, "hours": "1"}, 503, "free"),
+    ({"image": "tf-2.21", "gpu_type": "h100", "gpus": 1, "hours": "1"}, 503, "free"),
+    ({"image": "tf-2.21", "gpu_type": "a100", "gpus": 2, "hours": "10"}, 402, "credits"),
+    ({"image": "tf-9.99", "gpu_type": "a100", "gpus": 1, "hours": "1"}, 400, "tf-9.99"),
+    ({"image": "tf-2.21", "gpu_type": "a100", "gpus": 1, "hours": "-1"}, 400, "hours"),
+])
+def test_refusals_through_the_rest_api(hub, ledger, options, status, words):
+    grant(ledger, "rita", 50)
+    response = spawn(hub, "rita", **options)
+    assert response.status_code == status, response.text
+    assert words in response.json()["message"]
+    assert hub.server("rita") is None
+    assert ledger.balance("rita").reserved == 0  # nothing held, nothing charged
+    assert SessionStore(ledger).open_session("rita") is None
+
+
+def test_quota_comes_before_capacity_and_balance(hub, ledger):
+    # 4 H100s: over quota, none exist, and far beyond a zero balance: quota speaks first.
+    hub.api("POST", "/users/poor")
+    response = spawn(hub, "poor", image="tf-2.21", gpu_type="h100", gpus=4, hours="24")
+    assert response.status_code == 403 and "At most 3 GPUs" in response.json()["message"]
+
+
+def login(hub, user):
+    import requests
+
+    browser = requests.Session()
+    page = browser.get(f"{hub.url}/hub/login")
+    xsrf = browser.cookies.get("_xsrf") or page.text.split('name="_xsrf" value="')[1].split('"')[0]
+    response = browser.post(f"{hub.url}/hub/login?next=", data={
+        "username": user, "password": "demo", "_xsrf": xsrf}, allow_redirects=True)
+    assert response.status_code == 200, response.text[:500]
+    return browser, xsrf
+
+
+def test_spawn_page_shows_form_and_refusal_message(hub, ledger):
+    grant(ledger, "pia", 20)
+    browser, xsrf = login(hub, "pia")
+    form = browser.get(f"{hub.url}/hub/spawn")
+    page = form.content.decode()
+    assert form.status_code == 200
+    assert 'name="gpu_type"' in page
+    assert "A100 — 15.00 credits / GPU-hour — 2 of 2 free" in page  # this hub's inventory
+    assert "H100 — 25.00 credits / GPU-hour — none here" in page
+    assert "<strong>20.00</strong> credits available" in page
+    xsrf = browser.cookies.get("_xsrf", path="/hub/")  # renewed at login
+    refused = browser.post(f"{hub.url}/hub/spawn", data={
+        "_xsrf": xsrf, "image": "tf-2.21", "gpu_type": "a100", "gpus": "2", "hours": "5"})
+    message = refused.content.decode()
+    assert refused.status_code == 402
+    assert "150.00 credits" in message and "20.00" in message
+    assert hub.server("pia") is None and ledger.balance("pia").reserved == 0
+
+
+def test_failed_start_costs_nothing_and_frees_the_gpus(hub, ledger):
+    grant(ledger, "broken-bob", 30)
+    response = spawn(hub, "broken-bob", image="tf-2.21", gpu_type="a100", gpus=2, hours="1")
+    # The hub answers 500 after the server died before it was ready.
+    assert response.status_code >= 400, response.text
+    session = wait_for(lambda: [s for s in _sessions(ledger, "broken-bob") if s.state == "ended"],
+                       what="the failed session to end")[0]
+    assert session.charged == 0 and session.end_reason == "start_failed"
+    assert ledger.balance("broken-bob").total == 30_000
+    assert ledger.balance("broken-bob").reserved == 0
+    assert _live_devices(ledger) == set()
+
+
+def _sessions(ledger, user):
+    from sqlalchemy import select
+
+    from jupyterhub_credits.sessions.schema import sessions
+
+    store = SessionStore(ledger)
+    with ledger.engine.connect() as conn:
+        keys = conn.execute(select(sessions.c.key).where(sessions.c.user == user)).scalars().all()
+    return [store.get(key) for key in keys]
+
+
+def _live_devices(ledger):
+    from sqlalchemy import select
+
+    from jupyterhub_credits.sessions.schema import gpu_assignments
+
+    with ledger.engine.connect() as conn:
+        return set(conn.execute(select(gpu_assignments.c.device).where(
+            gpu_assignments.c.released_at.is_(None))).scalars())

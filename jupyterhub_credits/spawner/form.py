@@ -26,9 +26,11 @@ async def render_options_form(spawner) -> str:
     gpu_types = []
     for gpu_id, gpu in catalog.gpu_types.items():
         count = None if free is None else free.get(gpu_id, 0)
-        total = (totals or {}).get(gpu_id)
+        total = None if totals is None else totals.get(gpu_id, 0)
         if count is None:
             availability = "availability unknown"
+        elif total == 0:
+            availability = "none here"
         elif total is not None:
             availability = f"{count} of {total} free"
         else:

@@ -35,7 +35,8 @@ from .context import CreditsContext, shared_context
 from .form import render_options_form, user_options_from_form
 
 # HTTP statuses of admission refusals, for the REST API.
-REFUSAL_STATUS = {"invalid": 400, "quota": 403, "balance": 402, "capacity": 503}
+REFUSAL_STATUS = {"invalid": 400, "quota": 403, "balance": 402, "capacity": 503,
+                  "start_failed": 500}
 
 
 def refuse(message: str, reason: str) -> SpawnException:
@@ -128,6 +129,12 @@ class CreditsSpawner(LoggingConfigurable):
     def options_from_form(self, formdata):
         return user_options_from_form(formdata)
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        # Checked here, before anything is held, so a bad request is a clean 400;
+        # start() checks again because a hub may be configured to skip this hook.
+        return _check_user_options
+
     # --- capacity (overridden by each concrete spawner) ------------------------------
 
     async def free_gpus(self) -> dict[str, int] | None:
@@ -209,8 +216,19 @@ class CreditsSpawner(LoggingConfigurable):
             raise
 
     async def _wait_until_answering(self, url: str) -> None:
+        """Wait for the server's /api to answer; fail at once if the server dies first."""
         api = url_path_join(url, self.server.base_url if self.server else "/", "api")
-        await wait_for_http_server(api, timeout=self.http_timeout)
+        answering = asyncio.ensure_future(wait_for_http_server(api, timeout=self.http_timeout))
+        try:
+            while not answering.done():
+                status = await self.poll()
+                if status is not None:
+                    raise refuse(f"The server exited (status {status}) before it was ready. "
+                                 "Nothing was charged.", "start_failed")
+                await asyncio.wait([answering], timeout=0.5)
+            answering.result()
+        finally:
+            answering.cancel()
 
     # --- stop and settlement ---------------------------------------------------------------
 
@@ -247,6 +265,13 @@ class CreditsSpawner(LoggingConfigurable):
         await self.release_gpus(settled)
         self.log.info("credits: session %s ended (%s), charged %s units", key,
                       settled.end_reason, settled.charged)
+
+
+def _check_user_options(spawner, user_options) -> None:
+    try:
+        validate_request(spawner.credits.catalog, user_options)
+    except InvalidRequest as error:
+        raise refuse(str(error), "invalid") from None
 
 
 def _available(ledger, account: str) -> int:

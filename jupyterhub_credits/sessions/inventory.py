@@ -95,3 +95,11 @@ def local_inventory(catalog, declared: str | None = None) -> list[LocalGpu]:
     matches = {gpu_id: (gpu.local.match if gpu.local else "")
                for gpu_id, gpu in catalog.gpu_types.items()}
     return discover_nvml(matches)
+
+
+def gpu_environment(devices: list[str]) -> dict[str, str]:
+    """Environment that confines a server to ``devices`` (an empty list hides every GPU)."""
+    return {
+        "CUDA_VISIBLE_DEVICES": ",".join(devices),
+        "NVIDIA_VISIBLE_DEVICES": ",".join(devices) if devices else "void",
+    }

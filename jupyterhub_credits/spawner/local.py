@@ -9,7 +9,7 @@ from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import Unicode
 
 from ..sessions.allocator import CapacityError, LocalGpuAllocator
-from ..sessions.inventory import ENV_VAR, local_inventory
+from ..sessions.inventory import ENV_VAR, gpu_environment, local_inventory
 from .mixin import CreditsSpawner, refuse
 
 _allocators: dict[tuple[str, str], LocalGpuAllocator] = {}
@@ -71,8 +71,7 @@ class LocalGpuMixin(CreditsSpawner):
             session = self.credits.sessions.get(self.credits_session_key)
             devices = self.allocator.assigned(session.id) if session else []
         # An empty list hides every GPU: a CPU session must not use one it did not pay for.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices or [])
-        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(devices) if devices else "void"
+        env.update(gpu_environment(devices or []))
         env["JUPYTERHUB_CREDITS_SESSION"] = self.credits_session_key
         return env
 

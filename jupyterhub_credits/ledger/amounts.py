@@ -18,7 +18,7 @@ DECIMAL_PLACES = 3
 MAX_CREDITS = 10**12
 MAX_UNITS = MAX_CREDITS * UNITS_PER_CREDIT
 
-_DECIMAL_TEXT = re.compile(r"^\s*([+-]?)(\d+)(?:\.(\d+))?\s*$")
+_DECIMAL_TEXT = re.compile(r"^\s*([+-]?)([0-9]+)(?:\.([0-9]+))?\s*$", re.ASCII)
 
 
 class InvalidAmount(ValueError):
@@ -38,10 +38,14 @@ def parse_amount(value, *, allow_zero: bool = False) -> int:
             f"invalid amount {value!r}: give credits as a decimal string (\"12.5\"), not a float"
         )
     if isinstance(value, int):
+        if abs(value) > MAX_CREDITS:  # before str(): Python refuses to print huge ints
+            raise InvalidAmount(f"invalid amount: larger than {MAX_CREDITS} credits")
         text = str(value)
     elif isinstance(value, Decimal):
         if not value.is_finite():
             raise InvalidAmount(f"invalid amount {value!r}: not a finite number")
+        if value.adjusted() > len(str(MAX_CREDITS)):  # before formatting 1E+999999999
+            raise InvalidAmount(f"invalid amount: larger than {MAX_CREDITS} credits")
         text = format(value, "f")
     elif isinstance(value, str):
         text = value
@@ -52,13 +56,14 @@ def parse_amount(value, *, allow_zero: bool = False) -> int:
     if not match:
         raise InvalidAmount(f"invalid amount {text!r}: expected a decimal number such as \"12.5\"")
     sign, whole, fraction = match.groups()
+    whole = whole.lstrip("0") or "0"
     fraction = (fraction or "").rstrip("0")
     if len(fraction) > DECIMAL_PLACES:
         raise InvalidAmount(
             f"invalid amount {text.strip()!r}: at most {DECIMAL_PLACES} decimal places "
             f"(1 credit = {UNITS_PER_CREDIT} units)"
         )
-    if len(whole.lstrip("0")) > len(str(MAX_CREDITS)):
+    if len(whole) > len(str(MAX_CREDITS)):
         raise InvalidAmount(f"invalid amount {text.strip()!r}: larger than {MAX_CREDITS} credits")
     units = int(whole) * UNITS_PER_CREDIT + int(fraction.ljust(DECIMAL_PLACES, "0") or 0)
     if sign == "-" and units:

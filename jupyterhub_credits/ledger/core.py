@@ -51,6 +51,11 @@ ISSUANCE = "system:issuance"
 USAGE = "system:usage"
 EXPIRED = "system:expired"
 
+#: Keys of the transfers the sweep makes; callers may not use them.
+SWEEP_TIMEOUT_PREFIX = "timeout:"
+SWEEP_EXPIRE_PREFIX = "expire:"
+RESERVED_KEY_PREFIXES = (SWEEP_TIMEOUT_PREFIX, SWEEP_EXPIRE_PREFIX)
+
 _NAME_BODY = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
 _MAX_KEY_LENGTH = 255
 
@@ -164,11 +169,13 @@ class Ledger:
         digest = request_digest(fingerprint or {
             "op": kind, "account": name, "amount": amount, "reason": reason,
             "expires_at": expires_at, "metadata": metadata})
-        account_id = self._ensure_owner_account(name)
 
         def work(conn: Connection) -> int:
-            transfer_id = self._claim(conn, key, digest, kind=kind, debit=self._existing_id(conn, ISSUANCE),
-                                      credit=account_id, amount=amount, actor=actor, reason=reason,
+            # Created in this transaction, so a refused grant leaves no account behind.
+            account_id = self._owner_account_id(conn, name)
+            transfer_id = self._claim(conn, key, digest, kind=kind,
+                                      debit=self._existing_id(conn, ISSUANCE), credit=account_id,
+                                      amount=amount, actor=actor, reason=reason,
                                       metadata=metadata)
             self._credit_owner(conn, account_id, transfer_id, amount, expires_at)
             return transfer_id
@@ -294,6 +301,11 @@ class Ledger:
     def void(self, hold_key: str, *, key: str, actor: str, reason: str = "",
              metadata: dict | None = None, fingerprint: dict | None = None) -> TransferResult:
         """Release a hold without moving anything, once."""
+        return self._void(hold_key, key=key, actor=actor, reason=reason, metadata=metadata,
+                          fingerprint=fingerprint)
+
+    def _void(self, hold_key: str, *, key: str, actor: str, reason: str, metadata: dict | None,
+              fingerprint: dict | None, system: bool = False) -> TransferResult:
         digest = request_digest(fingerprint or {
             "op": "void", "hold": hold_key, "reason": reason, "metadata": metadata})
 
@@ -301,7 +313,7 @@ class Ledger:
             hold = self._find_hold(conn, hold_key)
             return self._void_hold(conn, hold, key, digest, actor, reason, metadata)
 
-        return self._transact(key, digest, work)
+        return self._transact(key, digest, work, system=system)
 
     # --- corrections ----------------------------------------------------------
 
@@ -312,6 +324,9 @@ class Ledger:
             "op": "reverse", "transfer": transfer, "reason": reason, "metadata": metadata})
 
         def work(conn: Connection) -> int:
+            # A replay answers as a duplicate even though the transfer is now reversed.
+            if conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first():
+                raise _Duplicate()
             original = self._find_transfer(conn, transfer)
             if original.kind == "hold":
                 raise NotReversible(f"transfer {original.id} is a hold: release it with void")
@@ -360,8 +375,9 @@ class Ledger:
             ).all()
         for hold_id, hold_key in timed_out:
             try:
-                result = self.void(hold_key, key=f"timeout:hold-{hold_id}", actor=actor,
-                                   reason="hold timed out")
+                result = self._void(hold_key, key=f"{SWEEP_TIMEOUT_PREFIX}hold-{hold_id}",
+                                    actor=actor, reason="hold timed out", metadata=None,
+                                    fingerprint=None, system=True)
             except HoldNotPending:
                 continue  # posted or voided meanwhile: nothing to do
             if not result.duplicate:
@@ -433,8 +449,9 @@ class Ledger:
 
     # --- internals ------------------------------------------------------------------
 
-    def _transact(self, key: str, digest: str, work: Callable[[Connection], int]) -> TransferResult:
-        _check_key(key)
+    def _transact(self, key: str, digest: str, work: Callable[[Connection], int], *,
+                  system: bool = False) -> TransferResult:
+        _check_key(key, system=system)
         for _ in range(3):
             try:
                 transfer_id = database.run_with_retries(self.engine, work)
@@ -494,22 +511,20 @@ class Ledger:
                                  "hold credits")
         return name
 
-    def _ensure_owner_account(self, name: str) -> int:
-        """The id of an owner account, created (and committed) on first use."""
+    def _owner_account_id(self, conn: Connection, name: str) -> int:
+        """The id of an owner account, created in this transaction if it is new.
+
+        Only ids read outside a creating transaction are cached: a rolled-back
+        creation must not leave a remembered id behind.
+        """
         cached = self._account_ids.get(name)
         if cached is not None:
             return cached
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-
-        def create(conn: Connection) -> int:
-            conn.execute(dialect_insert(accounts).values(
-                name=name, kind=account_kind(name), balance=0, reserved=0,
-                created_at=self.clock()).on_conflict_do_nothing(index_elements=[accounts.c.name]))
-            return conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar_one()
-
-        account_id = database.run_with_retries(self.engine, create)
-        self._account_ids[name] = account_id
-        return account_id
+        conn.execute(dialect_insert(accounts).values(
+            name=name, kind=account_kind(name), balance=0, reserved=0,
+            created_at=self.clock()).on_conflict_do_nothing(index_elements=[accounts.c.name]))
+        return conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar_one()
 
     def _existing_id(self, conn: Connection, name: str) -> int:
         cached = self._account_ids.get(name)
@@ -631,7 +646,7 @@ class Ledger:
         if amount <= 0 or lot.expires_at is None or lot.expires_at > now:
             return 0
         # The remainder only ever shrinks, so (lot, remainder) names this expiry uniquely.
-        key = f"expire:lot-{lot_id}:{lot.remaining}"
+        key = f"{SWEEP_EXPIRE_PREFIX}lot-{lot_id}:{lot.remaining}"
         transfer_id = self._insert_transfer(
             conn, key, request_digest({"op": "expire", "lot": lot_id, "remaining": lot.remaining}),
             kind="expire", debit=account_id, credit=self._existing_id(conn, EXPIRED), amount=amount,
@@ -660,11 +675,14 @@ def _check_units(amount: Any) -> int:
     return amount
 
 
-def _check_key(key: Any) -> None:
+def _check_key(key: Any, *, system: bool = False) -> None:
     if not isinstance(key, str) or not key.strip():
         raise InvalidRequest("every transfer needs an idempotency key (a non-empty string)")
     if len(key) > _MAX_KEY_LENGTH:
         raise InvalidRequest(f"idempotency key longer than {_MAX_KEY_LENGTH} characters")
+    if not system and key.startswith(RESERVED_KEY_PREFIXES):
+        raise InvalidRequest(f"idempotency keys starting with {' or '.join(RESERVED_KEY_PREFIXES)}"
+                             " are reserved for the ledger's sweep")
 
 
 def _require_funds(name: str, spendable: list[tuple[int, int]], amount: int, what: str) -> None:

@@ -3,8 +3,8 @@
 from .local import CreditsLocalProcessSpawner, CreditsSimpleLocalProcessSpawner
 from .mixin import CreditsSpawner
 
-__all__ = ["CreditsKubeSpawner", "CreditsLocalProcessSpawner", "CreditsSimpleLocalProcessSpawner",
-           "CreditsSpawner"]
+# CreditsKubeSpawner is left out of __all__: a star import must not need kubespawner.
+__all__ = ["CreditsLocalProcessSpawner", "CreditsSimpleLocalProcessSpawner", "CreditsSpawner"]
 
 
 def __getattr__(name):

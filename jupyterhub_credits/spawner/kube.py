@@ -510,9 +510,11 @@ class CreditsKubeSpawner(CreditsSpawner, KubeSpawner):
             await self._delete_pod()
             raise refuse(message, "capacity")
         finally:
-            # The pod is running (and visible to capacity counts) or gone.
+            # The pod is running (and so counted from the API) or gone: either way
+            # the reservation has done its job, and the last count is out of date.
             if placement is not None:
                 self._drop_reservation(placement.session_key)
+            self._forget_view()
 
     def _unschedulable_reason(self) -> str | None:
         """The message of a FailedScheduling event for want of GPUs or a matching node."""
@@ -549,7 +551,7 @@ class CreditsKubeSpawner(CreditsSpawner, KubeSpawner):
         """Delete the pod of a failed start (KubeSpawner's stop; not a hub stop)."""
         try:
             await super(CreditsSpawner, self).stop(now=True)
-        except Exception:  # noqa: BLE001 - the refusal matters more; the hub stops it again
+        except Exception:
             self.log.exception("credits: deleting the unschedulable pod of %s failed",
                                self._log_name)
 
@@ -599,4 +601,4 @@ def _with_tolerations(current, added_before: list, wanted: tuple[dict, ...]):
     return kept, added
 
 
-__all__ = ["CreditsKubeSpawner", "KubePlacement", "SESSION_LABEL", "GPU_TYPE_LABEL", "GPUS_LABEL"]
+__all__ = ["GPUS_LABEL", "GPU_TYPE_LABEL", "SESSION_LABEL", "CreditsKubeSpawner", "KubePlacement"]

@@ -84,8 +84,14 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
                       admin_users: list[str] | None = None,
                       service_port: int = 10101, service_ip: str = "127.0.0.1",
                       meter_interval: float = 5.0, upgrade_db: bool = True,
-                      service_environment: dict | None = None) -> None:
-    """Configure the hub ``c`` for credits (see the module docstring)."""
+                      service_environment: dict | None = None,
+                      service_bind_url: str | None = None) -> None:
+    """Configure the hub ``c`` for credits (see the module docstring).
+
+    ``service_ip``/``service_port`` are where the proxy reaches the service; on
+    Kubernetes that is the hub pod's Service name, and ``service_bind_url``
+    (e.g. ``http://0.0.0.0:10101``) is where the service listens.
+    """
     catalog_path = os.path.abspath(catalog_path)
     check_catalog(catalog_path)
     if upgrade_db:
@@ -121,6 +127,12 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
         "JUPYTERHUB_CREDITS_METER_INTERVAL": str(meter_interval),
         **(service_environment or {}),
     }
+    # The hub does not pass its own environment to managed services.
+    if "JUPYTERHUB_CREDITS_LOCAL_GPUS" in os.environ:
+        environment.setdefault("JUPYTERHUB_CREDITS_LOCAL_GPUS",
+                               os.environ["JUPYTERHUB_CREDITS_LOCAL_GPUS"])
+    if service_bind_url:
+        environment["JUPYTERHUB_CREDITS_BIND_URL"] = service_bind_url
     services = [s for s in _get(c.JupyterHub, "services", []) if s.get("name") != SERVICE_NAME]
     services.append({
         "name": SERVICE_NAME,
@@ -129,6 +141,9 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
         "environment": environment,
         "display": True,
         "oauth_no_confirm": True,
+        # What a browser's OAuth token for the service may carry (filtered per user by the hub).
+        "oauth_client_allowed_scopes": ["custom:credits:read!user", "custom:credits:spend!user",
+                                        "custom:credits:events!user", "custom:credits:admin"],
     })
     c.JupyterHub.services = services
 

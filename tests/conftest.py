@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger import database as ledger_database
 from jupyterhub_credits.ledger.schema import accounts, hold_lots, holds, lot_movements, lots, transfers
+from jupyterhub_credits.sessions.schema import gpu_assignments, session_holds, sessions
 
 PG_ADMIN_URL = os.environ.get(
     "JUPYTERHUB_CREDITS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -71,13 +72,15 @@ def postgres_url():
 
 
 def reset_ledger(engine) -> None:
-    """Empty every ledger table except the seeded system accounts."""
+    """Empty every ledger and session table except the seeded system accounts."""
+    tables = (gpu_assignments, session_holds, sessions, hold_lots, lot_movements, holds, lots,
+              transfers)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in (hold_lots, lot_movements, holds, lots, transfers))
+            names = ", ".join(t.name for t in tables)
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
         else:
-            for table in (hold_lots, lot_movements, holds, lots, transfers):
+            for table in tables:
                 conn.execute(table.delete())
         conn.execute(accounts.delete().where(accounts.c.kind != "system"))
 

@@ -1,36 +1,224 @@
-"""The credits service: a JupyterHub managed service serving the credits API and the meter."""
+"""The credits service: a JupyterHub managed service serving the credits API and the meter.
+
+``python -m jupyterhub_credits.service`` (the hub starts it; see
+``hubconfig.configure_credits``). Everything it needs comes from its
+environment: the hub's ``JUPYTERHUB_API_TOKEN`` / ``JUPYTERHUB_API_URL`` /
+``JUPYTERHUB_SERVICE_URL`` / ``JUPYTERHUB_SERVICE_PREFIX``, and the credits
+``JUPYTERHUB_CREDITS_DB_URL`` / ``JUPYTERHUB_CREDITS_CATALOG`` /
+``JUPYTERHUB_CREDITS_METER_INTERVAL`` (and optionally
+``JUPYTERHUB_CREDITS_LOCAL_GPUS``). Every knob is also a trait, settable in a
+config file given with ``--config``.
+
+Routes, under the service prefix (``/services/credits/``):
+
+- ``health`` — liveness, no authentication (the hub and tests wait on it);
+- ``oauth_callback`` — the end of a browser's hub login;
+- ``""`` — logs a browser in and shows its ``api/me``;
+- ``api/...`` — the REST API (``service/api``), guarded by the credits scopes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from urllib.parse import urlparse
 
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.ioloop import IOLoop
-from traitlets import Unicode
+from traitlets import Bool, Enum, Float, Unicode, default
 from traitlets.config import Application
+
+from ..catalog import load_catalog
+from ..ledger import Ledger
+from ..ledger.core import utcnow
+from ..sessions.allocator import LocalGpuAllocator
+from ..sessions.inventory import local_inventory
+from ..sessions.store import SessionStore
+from .api import NotFoundHandler, default_handlers
+from .context import ServiceContext
+from .hub import HubClient
+from .meter import Meter
 
 
 class HealthHandler(web.RequestHandler):
     def get(self):
+        self.set_header("Cache-Control", "no-store")
         self.write({"status": "ok"})
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+
+class HomeHandler(HubOAuthenticated, web.RequestHandler):
+    """The service's page in the hub's Services menu: log in, then see your credits."""
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    @web.authenticated
+    def get(self):
+        self.redirect(url_path_join(self.settings["credits_prefix"], "api/me"))
 
 
 class CreditsService(Application):
     name = "jupyterhub-credits-service"
     description = "Credits API and meter for jupyterhub-credits"
 
+    aliases = {"config": "CreditsService.config_file", "log-level": "Application.log_level"}
+    classes = [Meter]
+
+    config_file = Unicode("", config=True,
+                          help="A Python config file (c.CreditsService..., c.Meter...) to load.")
+
     service_url = Unicode(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"),
                           config=True, help="Where to listen (set by the hub).")
+    bind_url = Unicode(os.environ.get("JUPYTERHUB_CREDITS_BIND_URL", ""), config=True,
+                       help="""Where to listen when it differs from the URL the proxy uses
+                       (on Kubernetes: http://0.0.0.0:10101). Default: the service URL.""")
     service_prefix = Unicode(os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/credits/"),
                              config=True, help="URL prefix the hub's proxy routes to us.")
 
-    def start(self):
-        url = urlparse(self.service_url)
-        app = web.Application([(self.service_prefix + "health", HealthHandler)])
+    db_url = Unicode(config=True, help="""Database URL of the credits ledger; the hub's
+        spawner must use the same. Default: $JUPYTERHUB_CREDITS_DB_URL, else
+        sqlite:///jupyterhub_credits.sqlite.""")
+
+    @default("db_url")
+    def _default_db_url(self):
+        return os.environ.get("JUPYTERHUB_CREDITS_DB_URL", "sqlite:///jupyterhub_credits.sqlite")
+
+    catalog_path = Unicode(config=True, help="""Path of the catalog YAML file. Default:
+        $JUPYTERHUB_CREDITS_CATALOG, else config/catalog.yaml.""")
+
+    @default("catalog_path")
+    def _default_catalog_path(self):
+        return os.environ.get("JUPYTERHUB_CREDITS_CATALOG", "config/catalog.yaml")
+
+    hub_api_url = Unicode(config=True, help="""The hub's REST API (the meter stops servers
+        through it). Default: $JUPYTERHUB_API_URL, else http://127.0.0.1:8081/hub/api.""")
+
+    @default("hub_api_url")
+    def _default_hub_api_url(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    api_token = Unicode(config=True, help="""The service's own hub token (role
+        credits-service: list/read users and servers, delete:servers). Default:
+        $JUPYTERHUB_API_TOKEN. Never sent to a client.""")
+
+    @default("api_token")
+    def _default_api_token(self):
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    hub_timeout = Float(20, config=True,
+                        help="Seconds to wait for the hub's REST API before giving up a call.")
+
+    auth_cache_max_age = Float(60, config=True, help="""Seconds the hub's answer about a
+        token (its user and scopes) is reused before asking the hub again.""")
+
+    capacity = Enum(["auto", "local", "none"], "auto", config=True, help="""Where
+        /api/catalog's free GPU counts come from. "local": this machine's GPUs
+        (local_gpus / $JUPYTERHUB_CREDITS_LOCAL_GPUS, else NVML) and the local allocator's
+        assignments in the ledger database — right when the hub runs the local spawner
+        on this machine. "none": unknown (null), e.g. on Kubernetes. "auto": "local" when
+        this machine has GPUs by those rules, else "none".""")
+
+    local_gpus = Unicode("", config=True, help="""This machine's GPUs as TYPE:INDEX pairs
+        ("a100:0,a100:1"), as CreditsLocalProcessSpawner.gpus; $JUPYTERHUB_CREDITS_LOCAL_GPUS
+        overrides it.""")
+
+    gpu_host = Unicode("local", config=True,
+                       help="The host name the local allocator records assignments under.")
+
+    run_meter = Bool(True, config=True, help="""Run the meter (billing, warnings, expiry,
+        reconciliation) in this process. Run it in exactly one service process.""")
+
+    @default("log_level")
+    def _default_log_level(self):
+        return "INFO"
+
+    @default("log_format")
+    def _default_log_format(self):
+        # Like the hub's own lines (the service logs into the hub's output).
+        return ("[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s %(module)s:%(lineno)d] "
+                "%(message)s")
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self):
+        return "%Y-%m-%d %H:%M:%S"
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+
+    # --- assembly --------------------------------------------------------------------------
+
+    def make_context(self, *, clock=utcnow) -> ServiceContext:
+        catalog = load_catalog(self.catalog_path)
+        ledger = Ledger.open(self.db_url, clock=clock)
+        store = SessionStore(ledger)
+        hub = HubClient(self.hub_api_url, self.api_token, timeout=self.hub_timeout)
+        context = ServiceContext(ledger=ledger, store=store, catalog=catalog, hub=hub,
+                                 clock=clock, allocator=self.make_allocator(catalog, ledger))
+        if self.run_meter:
+            context.meter = Meter(parent=self, store=store, hub=hub, catalog=catalog,
+                                  clock=clock, lock=context.lock)
+        return context
+
+    def make_allocator(self, catalog, ledger) -> LocalGpuAllocator | None:
+        if self.capacity == "none":
+            return None
+        inventory = local_inventory(catalog, self.local_gpus)
+        if not inventory and self.capacity == "auto":
+            self.log.info("credits: no local GPUs known; /api/catalog shows free GPUs as null")
+            return None
+        self.log.info("credits: local GPUs for free counts: %s",
+                      ", ".join(f"{g.gpu_type}:{g.index}" for g in inventory) or "none")
+        return LocalGpuAllocator(ledger.engine, inventory, host=self.gpu_host, clock=ledger.clock)
+
+    def make_app(self, context: ServiceContext) -> web.Application:
+        prefix = self.service_prefix if self.service_prefix.endswith("/") \
+            else self.service_prefix + "/"
+        hub_auth = HubOAuth(api_token=self.api_token, api_url=self.hub_api_url,
+                            cache_max_age=int(self.auth_cache_max_age), parent=self)
+        handlers = [
+            (prefix + "health", HealthHandler),
+            (prefix + "oauth_callback", OAuthCallbackHandler),
+            (prefix.rstrip("/") + "/?", HomeHandler),
+            *[(prefix + path.lstrip("/"), handler) for path, handler in default_handlers],
+            (prefix + r"api(?:/.*)?", NotFoundHandler),
+        ]
+        return web.Application(
+            handlers, credits=context, hub_auth=hub_auth, credits_prefix=prefix,
+            cookie_secret=os.urandom(32), login_url=hub_auth.login_url, xsrf_cookies=False)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        context = self.make_context()
+        app = self.make_app(context)
+        url = urlparse(self.bind_url or self.service_url)
         app.listen(url.port, url.hostname)
-        self.log.info("credits service listening on %s", self.service_url)
-        IOLoop.current().start()
+        self.log.info("credits service listening on %s%s", self.service_url, self.service_prefix)
+        if context.meter is not None:
+            context.meter.start()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        self.log.info("credits service stopping")
+        if context.meter is not None:
+            context.meter.stop()
+        context.ledger.close()
+
+    def start(self):
+        asyncio.run(self.serve())
 
 
 def main(argv=None):

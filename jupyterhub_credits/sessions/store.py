@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from ..catalog.pricing import cost_of_seconds, paid_seconds
 from ..ledger import Ledger
 from ..ledger import database
-from ..ledger.errors import HoldNotPending, LedgerError, UnknownTransfer
+from ..ledger.errors import HoldNotPending, IdempotencyConflict, LedgerError, UnknownTransfer
 from .schema import OPEN_STATES, gpu_assignments, session_holds, sessions
 
 #: A hold outlives the time it pays for by this much before the ledger's sweep
@@ -72,6 +72,19 @@ class Session:
         if self.paid_until is None:
             return None
         return max(0, int((self.paid_until - now).total_seconds()))
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """The few columns reconciliation compares with the hub (cheap to read by the thousand)."""
+
+    id: int
+    key: str
+    user: str
+    server_name: str
+    state: str
+    billed_until: datetime | None
+    end_reason: str | None
 
 
 def _seconds(delta: timedelta) -> Decimal:
@@ -127,6 +140,33 @@ class SessionStore:
             return [_session(row) for row in conn.execute(
                 select(sessions).where(sessions.c.state == "running",
                                        sessions.c.paid_until <= now).order_by(sessions.c.id))]
+
+    def open_session_summaries(self) -> list[SessionSummary]:
+        """Every open session, only the columns reconciliation needs (about 10x faster to read)."""
+        columns = [sessions.c[name] for name in SessionSummary.__dataclass_fields__]
+        with database.read_transaction(self.engine) as conn:
+            return [SessionSummary(*row) for row in conn.execute(
+                select(*columns).where(sessions.c.state.in_(OPEN_STATES)).order_by(sessions.c.id))]
+
+    def ending_by(self, moment: datetime) -> list[Session]:
+        """Running sessions whose paid time ends at or before ``moment``, soonest first.
+
+        The meter's list of what needs attention (expiry, warnings, auto-extend):
+        a range scan of the (state, paid_until) index, however many sessions run.
+        """
+        with database.read_transaction(self.engine) as conn:
+            return [_session(row) for row in conn.execute(
+                select(sessions).where(sessions.c.state == "running",
+                                       sessions.c.paid_until <= moment)
+                .order_by(sessions.c.paid_until, sessions.c.id))]
+
+    def ended_holding_gpus(self) -> list[Session]:
+        """Ended sessions whose GPU assignments are still live (``settle(release_gpus=False)``)."""
+        live = select(gpu_assignments.c.session_id).where(gpu_assignments.c.released_at.is_(None))
+        with database.read_transaction(self.engine) as conn:
+            return [_session(row) for row in conn.execute(
+                select(sessions).where(sessions.c.state == "ended", sessions.c.id.in_(live))
+                .order_by(sessions.c.id))]
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -204,12 +244,17 @@ class SessionStore:
         return True
 
     def settle(self, key: str, *, reason: str, end: datetime | None = None,
-               actor: str = "system:sessions") -> Session:
+               actor: str = "system:sessions", release_gpus: bool = True) -> Session:
         """End a session: post what its ready time cost, void the rest, release its GPUs.
 
         Safe to call from anywhere, any number of times: the first caller fixes
         the end time; later calls (or a rerun after a crash) finish the same
         settlement and change nothing else.
+
+        ``release_gpus=False`` keeps the session's GPU assignments: the meter
+        settles an expired session *before* its server is stopped, and the
+        devices stay taken until the process is gone (the spawner's post-stop
+        hook, or the meter's reconciliation, releases them then).
         """
         end = end or self.clock()
         with database.write_transaction(self.engine) as conn:
@@ -249,14 +294,44 @@ class SessionStore:
                 # (a crash between recording and placing it): nothing to take.
                 charge -= take
         with database.write_transaction(self.engine) as conn:
-            conn.execute(update(gpu_assignments).where(
-                gpu_assignments.c.session_id == session.id,
-                gpu_assignments.c.released_at.is_(None)).values(released_at=session.ended_at))
+            if release_gpus:
+                conn.execute(update(gpu_assignments).where(
+                    gpu_assignments.c.session_id == session.id,
+                    gpu_assignments.c.released_at.is_(None)).values(released_at=session.ended_at))
             conn.execute(update(sessions).where(sessions.c.key == key,
                                                 sessions.c.state == "settling")
                          .values(state="ended", charged=charge,
                                  billed_until=session.ended_at if session.ready_at else None))
         return self.get(key)
+
+    def reset_warnings(self, key: str, now: datetime | None = None) -> None:
+        """Forget the warnings whose threshold lies ahead again (after an extension).
+
+        A warning given at "600 s left" is given again when the session, now
+        paid for longer, once more gets within 600 s of its end.
+        """
+        now = now or self.clock()
+        with database.write_transaction(self.engine) as conn:
+            row = conn.execute(select(sessions.c.warnings, sessions.c.paid_until)
+                               .where(sessions.c.key == key)).first()
+            if row is None or not row.warnings or row.paid_until is None:
+                return
+            left = (row.paid_until - now).total_seconds()
+            kept = [threshold for threshold in row.warnings if threshold >= left]
+            if kept != list(row.warnings):
+                conn.execute(update(sessions).where(sessions.c.key == key)
+                             .values(warnings=kept or None))
+
+    def release_gpus(self, key: str, at: datetime | None = None) -> int:
+        """Release the live GPU assignments of a session whose server is gone; how many."""
+        at = at or self.clock()
+        with database.write_transaction(self.engine) as conn:
+            session_id = conn.execute(select(sessions.c.id).where(sessions.c.key == key)).scalar()
+            if session_id is None:
+                return 0
+            return conn.execute(update(gpu_assignments).where(
+                gpu_assignments.c.session_id == session_id,
+                gpu_assignments.c.released_at.is_(None)).values(released_at=at)).rowcount
 
     # --- internals ------------------------------------------------------------------
 
@@ -266,7 +341,13 @@ class SessionStore:
         # The hold's record comes first, so a crash right after placing the hold
         # still leaves settlement a way to find (and post or void) it.
         with database.write_transaction(self.engine) as conn:
-            session_id = conn.execute(select(sessions.c.id).where(sessions.c.key == key)).scalar()
+            # Locked: settlement moves the session to 'settling' under the same row lock.
+            session_id = conn.execute(
+                select(sessions.c.id).where(sessions.c.key == key,
+                                            sessions.c.state.in_(("starting", "running")))
+                .with_for_update()).scalar()
+            if session_id is None:
+                raise SessionError("this session has ended and cannot be extended")
             conn.execute(insert(session_holds).values(session_id=session_id, seq=seq,
                                                       hold_key=hold_key, amount=amount))
         timeout = timedelta(seconds=paid_seconds(rate_per_hour, amount)) + HOLD_GRACE
@@ -278,15 +359,28 @@ class SessionStore:
                 conn.execute(delete(session_holds).where(session_holds.c.hold_key == hold_key))
             raise
         with database.write_transaction(self.engine) as conn:
-            held = conn.execute(select(func.sum(session_holds.c.amount))
-                                .where(session_holds.c.session_id == session_id)).scalar()
-            ready_at = conn.execute(select(sessions.c.ready_at)
-                                    .where(sessions.c.id == session_id)).scalar()
-            values = {"held": held}
-            if ready_at is not None:
-                values["paid_until"] = ready_at + timedelta(
-                    seconds=paid_seconds(rate_per_hour, held))
-            conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+            state, ready_at = conn.execute(
+                select(sessions.c.state, sessions.c.ready_at).where(sessions.c.id == session_id)
+                .with_for_update()).one()
+            ended_meanwhile = state not in ("starting", "running")
+            if not ended_meanwhile:
+                held = conn.execute(select(func.sum(session_holds.c.amount))
+                                    .where(session_holds.c.session_id == session_id)).scalar()
+                values = {"held": held}
+                if ready_at is not None:
+                    values["paid_until"] = ready_at + timedelta(
+                        seconds=paid_seconds(rate_per_hour, held))
+                conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+        if ended_meanwhile:
+            # Settled while this hold was being placed, possibly without it: release it
+            # under the key settlement uses, unless settlement already did.
+            try:
+                self.ledger.void(hold_key, key=f"{key}:settle:{seq}", actor=actor,
+                                 reason="session ended during extension",
+                                 metadata={"session": key})
+            except (HoldNotPending, IdempotencyConflict):
+                pass
+            raise SessionError("this session ended while it was being extended; nothing was held")
 
     def _finish_unheld(self, key: str, reason: str) -> None:
         with database.write_transaction(self.engine) as conn:

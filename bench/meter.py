@@ -1,0 +1,316 @@
+#!/usr/bin/env python
+"""Meter benchmark: the tick's database work at 1,000 and 10,000 open sessions, and enforcement.
+
+    .venv/bin/python bench/meter.py [--sessions 1000,10000] [--ticks 50] [--pg-url ADMIN_URL]
+                                    [--skip-sqlite] [--skip-postgres] [--skip-hub] [--hub-runs 3]
+
+Prints ONE JSON document on stdout (progress goes to stderr).
+
+``tick``: for each backend (SQLite in a temporary file; PostgreSQL in a
+temporary database created and dropped through the admin URL) and each size,
+N running sessions are bulk-inserted directly (paid_until spread evenly over
+the next 24 hours, so about 1% fall inside the meter's 900 s look-ahead), then
+the meter's per-tick database work — ``Meter.scan``: ``record_billing(now)``
+(one UPDATE of every running session) and ``ending_by(now + lead)`` (one
+indexed range query) — runs ``--ticks`` times, the clock advancing 5 s a tick.
+Reported: p50 / p99 / max of the whole scan and of each statement, in ms;
+also the reconciliation's database reads (twice all open sessions, plus
+ended sessions holding GPUs), which run once a minute, not every tick.
+PostgreSQL is measured with the schema as migrated and again with
+``fillfactor`` 50 on ``credits_sessions`` (``--fillfactor``), which lets the
+per-tick UPDATE be a HOT update; ``hot_update_share`` says how many were.
+
+``enforcement``: a real hub (proxy, credits service with a 0.5 s meter, local
+servers) on a temporary PostgreSQL database; a CPU session is bought for a
+minute, its paid time shortened to a few seconds in the sessions table (the
+catalog sells nothing shorter than a minute), and the time from
+``paid_until`` to the meter's settlement (the decision) and to the hub
+reporting the server gone (the overrun) is measured, ``--hub-runs`` times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import create_engine, insert, select, text, update  # noqa: E402
+
+from jupyterhub_credits.ledger import Ledger  # noqa: E402
+from jupyterhub_credits.ledger import database as ledger_database  # noqa: E402
+from jupyterhub_credits.ledger.schema import transfers  # noqa: E402
+from jupyterhub_credits.service.meter import Meter  # noqa: E402
+from jupyterhub_credits.sessions.schema import sessions  # noqa: E402
+from jupyterhub_credits.sessions.store import SessionStore  # noqa: E402
+
+DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+TICK_SECONDS = 5
+START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- temporary databases --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sqlite_database(directory: str, name: str):
+    url = f"sqlite:///{Path(directory) / (name + '.sqlite')}"
+    engine = ledger_database.make_engine(url)
+    ledger_database.upgrade(engine)
+    engine.dispose()
+    yield url
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str):
+    admin = create_engine(ledger_database.normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"credits_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = ledger_database.make_engine(url)
+        ledger_database.upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# --- the tick's database work --------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def bulk_sessions(engine, count: int, now: datetime) -> None:
+    """``count`` running sessions, ready a minute ago, ending evenly over the next 24 h."""
+    rows = []
+    for i in range(count):
+        ready = now - timedelta(minutes=1)
+        rows.append({
+            "key": f"session:bench{i:06d}", "user": f"user{i:06d}", "server_name": "",
+            "account": f"user:user{i:06d}", "image": "tf-2.21", "gpu_type": "a100", "gpus": 1,
+            "rate_per_hour": 15_000, "held": 15_000, "state": "running",
+            "requested_at": ready - timedelta(seconds=5), "ready_at": ready,
+            "paid_until": now + timedelta(seconds=60 + (86_400 * i) // count),
+            "billed_until": ready, "auto_extend": False,
+            # Warned already, so that every tick does the same (steady-state) work.
+            "warnings": [600, 60],
+        })
+    with engine.begin() as conn:
+        for start in range(0, count, 5_000):
+            conn.execute(insert(sessions), rows[start:start + 5_000])
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ANALYZE credits_sessions"))
+        else:
+            conn.execute(text("ANALYZE"))
+
+
+def percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    def at(q):
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p99_ms": round(at(0.99) * 1000, 2), "max_ms": round(ordered[-1] * 1000, 2)}
+
+
+def set_fillfactor(engine, percent: int) -> None:
+    """What a migration ``ALTER TABLE credits_sessions SET (fillfactor = N)`` would give.
+
+    Free room on each page lets PostgreSQL update ``billed_until`` in place
+    (a HOT update: no new index entries), which is what the per-tick UPDATE does.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"ALTER TABLE credits_sessions SET (fillfactor = {int(percent)})"))
+        conn.execute(text("VACUUM FULL ANALYZE credits_sessions"))
+
+
+def hot_share(engine) -> float | None:
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        updated, hot = conn.execute(text(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE relname = 'credits_sessions'")).first()
+    return round(hot / updated, 3) if updated else None
+
+
+def measure_ticks(url: str, count: int, ticks: int, fillfactor: int | None = None) -> dict:
+    clock = Clock(START)
+    ledger = Ledger.open(url, clock=clock, upgrade=False)
+    try:
+        bulk_sessions(ledger.engine, count, clock())
+        if fillfactor:
+            set_fillfactor(ledger.engine, fillfactor)
+        store = SessionStore(ledger)
+        meter = Meter(store=store, hub=None, catalog=None, clock=clock)
+        window = timedelta(seconds=meter.window)
+        scans, bills, dues, due_counts = [], [], [], []
+        for _ in range(3):  # warm the connection pool and caches
+            meter.scan(clock())
+        for _ in range(ticks):
+            clock.now += timedelta(seconds=TICK_SECONDS)
+            started = time.perf_counter()
+            billed = store.record_billing(clock())
+            between = time.perf_counter()
+            due = store.ending_by(clock() + window)
+            ended = time.perf_counter()
+            assert billed == count
+            scans.append(ended - started)
+            bills.append(between - started)
+            dues.append(ended - between)
+            due_counts.append(len(due))
+        reconcile = []
+        for _ in range(5):
+            started = time.perf_counter()
+            store.open_session_summaries()
+            store.open_session_summaries()
+            store.ended_holding_gpus()
+            reconcile.append(time.perf_counter() - started)
+        return {
+            "open_sessions": count,
+            "fillfactor": fillfactor or ("default" if ledger.engine.dialect.name ==
+                                         "postgresql" else None),
+            "hot_update_share": hot_share(ledger.engine),
+            "ticks": ticks,
+            "scan": percentiles(scans),
+            "record_billing": percentiles(bills),
+            "ending_by": percentiles(dues),
+            "due_per_tick": round(statistics.mean(due_counts), 1),
+            "reconcile_reads": percentiles(reconcile),
+        }
+    finally:
+        ledger.close()
+
+
+# --- enforcement on a real hub --------------------------------------------------------------------
+
+
+def measure_enforcement(admin_url: str, runs: int) -> dict:
+    os.environ.setdefault("JUPYTERHUB_CREDITS_TEST_PG_URL", admin_url)
+    from tests.hub import HubProcess, wait_for
+
+    results = []
+    with postgres_database(admin_url) as url, tempfile.TemporaryDirectory() as workdir:
+        hub = HubProcess(Path(workdir), db_url=url, meter_interval=0.5)
+        started = time.perf_counter()
+        hub.start()
+        log(f"hub up in {time.perf_counter() - started:.1f} s")
+        ledger = Ledger.open(url)
+        store = SessionStore(ledger)
+        try:
+            for run in range(runs):
+                user = f"bench{run}"
+                ledger.grant(user, 10_000, key=f"grant:{user}", reason="bench", actor="bench")
+                hub.api("POST", f"/users/{user}")
+                response = hub.api("POST", f"/users/{user}/server", json={"user_options": {
+                    "image": "tf-2.21-cpu", "gpu_type": "none", "hours": "0.0167"}})
+                assert response.status_code in (201, 202), response.text
+                hub.wait_ready(user)
+                session = store.open_session(user)
+                paid_until = datetime.now(timezone.utc) + timedelta(seconds=4)
+                with ledger.engine.begin() as conn:
+                    conn.execute(update(sessions).where(sessions.c.key == session.key)
+                                 .values(paid_until=paid_until))
+                gone_at = wait_for(lambda: hub.server(user) is None and datetime.now(timezone.utc),
+                                   timeout=60, interval=0.02, what="the meter's stop")
+                ended = wait_for(lambda: (s := store.get(session.key)).state == "ended" and s,
+                                 timeout=30, what="settlement")
+                with ledger.engine.connect() as conn:
+                    settled_at = conn.execute(select(transfers.c.created_at).where(
+                        transfers.c.key == f"{session.key}:settle:0")).scalar()
+                results.append({
+                    "decision_s": round((settled_at - paid_until).total_seconds(), 3),
+                    "overrun_s": round((gone_at - paid_until).total_seconds(), 3),
+                    "charged_units": ended.charged, "held_units": ended.held,
+                    "end_reason": ended.end_reason,
+                })
+                log(f"run {run}: {results[-1]}")
+        finally:
+            ledger.close()
+            hub.stop()
+    overruns = [r["overrun_s"] for r in results]
+    return {
+        "meter_interval_s": 0.5,
+        "what": "seconds from paid_until to the meter's settlement (decision) and to the hub "
+                "reporting the server gone (overrun; includes the server's own shutdown)",
+        "runs": results,
+        "overrun_median_s": round(statistics.median(overruns), 3),
+        "overrun_max_s": max(overruns),
+    }
+
+
+# --- main --------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1000,10000",
+                        help="comma-separated numbers of open running sessions")
+    parser.add_argument("--ticks", type=int, default=50, help="ticks measured per size")
+    parser.add_argument("--pg-url", default=os.environ.get("JUPYTERHUB_CREDITS_TEST_PG_URL",
+                                                           DEFAULT_PG_ADMIN_URL))
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-hub", action="store_true", help="skip the real-hub enforcement run")
+    parser.add_argument("--hub-runs", type=int, default=3)
+    parser.add_argument("--fillfactor", type=int, default=50,
+                        help="also measure PostgreSQL with this fillfactor on credits_sessions "
+                             "(a proposed migration); 0 to skip")
+    args = parser.parse_args(argv)
+    sizes = [int(n) for n in args.sessions.split(",") if n.strip()]
+
+    report = {"benchmark": "meter", "python": platform.python_version(),
+              "machine": platform.machine(), "cpus": os.cpu_count(),
+              "tick_interval_s": TICK_SECONDS, "tick": {}}
+    with tempfile.TemporaryDirectory() as directory:
+        for backend in ("sqlite", "postgresql"):
+            if (backend == "sqlite" and args.skip_sqlite) or \
+                    (backend == "postgresql" and args.skip_postgres):
+                continue
+            report["tick"][backend] = []
+            variants = [None] if backend == "sqlite" else [None, args.fillfactor]
+            for fillfactor in filter(lambda v: v != 0, variants):
+                for count in sizes:
+                    log(f"{backend}: {count} open sessions, {args.ticks} ticks, "
+                        f"fillfactor {fillfactor or 'default'}")
+                    if backend == "sqlite":
+                        database = sqlite_database(directory, f"meter_{count}")
+                    else:
+                        database = postgres_database(args.pg_url)
+                    with database as url:
+                        result = measure_ticks(url, count, args.ticks, fillfactor)
+                    log(f"{backend} {count}: scan {result['scan']}")
+                    report["tick"][backend].append(result)
+    if not args.skip_hub and not args.skip_postgres:
+        log("enforcement on a real hub")
+        report["enforcement"] = measure_enforcement(args.pg_url, args.hub_runs)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The credits REST API: one module per resource, each exporting ``default_handlers``.
+
+Paths are relative to the service prefix (``/services/credits/``):
+
+- ``GET  api/me`` — the caller's balance and open sessions (``me``)
+- ``GET  api/users/{user}`` — the same for any user, for admins (``admin``)
+- ``POST api/sessions/{server}/extend`` — more hours, or auto-extend on/off (``sessions``)
+- ``GET  api/catalog`` — images, GPU types with prices and free GPUs, quotas (``catalog``)
+"""
+
+from . import admin, catalog, me, sessions
+from .base import APIError, APIHandler, NotFoundHandler
+
+default_handlers = []
+for _module in (me, admin, sessions, catalog):
+    default_handlers.extend(_module.default_handlers)
+
+__all__ = ["APIError", "APIHandler", "NotFoundHandler", "default_handlers"]

@@ -1,0 +1,129 @@
+"""The base of every credits API handler: hub authentication, scopes, JSON in and out.
+
+Authentication is JupyterHub's: a token in the ``Authorization`` header, or
+the cookie the service's OAuth login leaves in a browser
+(``HubOAuthenticated``). The hub identifies the caller and lists its scopes;
+each handler then asks ``require(scope, user=...)``. Every error is JSON,
+``{"status": N, "message": "..."}``: 401 without (valid) credentials, 403
+without the scope, 4xx for bad input; an unexpected failure is a 500 whose
+message says nothing of the internals (the service log has the traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from http.client import responses
+
+from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from tornado import web
+
+from ..auth import has_scope, is_user
+from ..context import ServiceContext
+
+
+class APIError(web.HTTPError):
+    """An error whose ``message`` is shown to the caller as it is."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status)
+        self.message = message
+
+
+class APIHandler(HubOAuthenticated, web.RequestHandler):
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    @property
+    def credits(self) -> ServiceContext:
+        return self.settings["credits"]
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self):
+        # Identify the caller without blocking the event loop (get_current_user would).
+        self._denied = None
+        model = await self.hub_auth.get_user(self, sync=False)
+        if model:
+            try:
+                model = self.check_hub_user(model)
+            except UserNotAllowed:
+                self._denied, model = model, None
+        self._hub_auth_user_cache = model
+
+    # --- who may ------------------------------------------------------------------------
+
+    def require_login(self) -> dict:
+        model = self.current_user
+        if model:
+            return model
+        if self._denied:
+            raise APIError(403, f"{self._denied.get('kind', 'user')} {self._denied.get('name')} "
+                                "may not use the credits service")
+        raise APIError(401, "authentication required: send 'Authorization: token <token>' "
+                            "or log in through the hub")
+
+    def require(self, scope: str, *, user: str | None = None, groups=()) -> dict:
+        model = self.require_login()
+        if not has_scope(model, scope, user, groups):
+            target = f" for user {user}" if user else ""
+            raise APIError(403, f"{model.get('kind', 'user')} {model.get('name')} lacks the "
+                                f"scope {scope}{target}")
+        return model
+
+    def require_user(self) -> dict:
+        """The caller, who must be a hub user (services have no credits of their own)."""
+        model = self.require_login()
+        if not is_user(model):
+            raise APIError(403, f"service {model.get('name')} has no credits of its own; "
+                                "use /api/users/{name}")
+        return model
+
+    # --- JSON ------------------------------------------------------------------------------
+
+    def json_body(self, allowed: set[str]) -> dict:
+        """The request body as a JSON object with only ``allowed`` keys (numbers exact)."""
+        try:
+            body = json.loads(self.request.body or b"{}", parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise APIError(400, f"unknown field {unknown[0]!r}; expected: "
+                                f"{', '.join(sorted(allowed))}")
+        return body
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    async def run(self, function, *args, **kwargs):
+        """Database work off the event loop."""
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    def write_error(self, status_code, **kwargs):
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, APIError):
+            message = error.message
+        elif isinstance(error, web.HTTPError) and status_code < 500:
+            message = (error.log_message % error.args if error.log_message and error.args
+                       else error.log_message) or error.reason or responses.get(status_code, "")
+        elif isinstance(error, web.HTTPError) and error.log_message and status_code in (502, 503):
+            message = error.log_message  # e.g. the hub could not check the token
+        else:
+            message = "internal error in the credits service (see its log)"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+class NotFoundHandler(APIHandler):
+    """JSON 404 for any other path under the API."""
+
+    async def prepare(self):
+        raise APIError(404, f"no such API endpoint: {self.request.path}")

@@ -141,13 +141,38 @@ class HubProcess:
                 pass
         self._kill_group()
         self._kill_leftover_servers()
+        for pid in self.service_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process = None
 
     def kill(self) -> None:
         """``kill -9`` the hub, its proxy and its service: nothing gets to clean up."""
         self._kill_group()
         self.process.wait(10)
+        # Managed services run in a session of their own: find ours by its port.
+        for pid in self.service_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process = None
+
+    def service_pids(self) -> list[int]:
+        marker = f"JUPYTERHUB_SERVICE_URL=http://127.0.0.1:{self.service_port}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                pids.append(int(entry.name))
+        return pids
 
     def _kill_group(self) -> None:
         try:

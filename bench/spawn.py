@@ -1,0 +1,141 @@
+"""Admission overhead: what the credits spawner adds to a spawn.
+
+Times Spawner.start() (and the stop + post-stop settlement) of a spawner whose
+server starts instantly, with and without CreditsSpawner in front of it, so
+the difference is exactly the credits work: catalog check, quota, capacity,
+balance, the hold, GPU assignment, marking ready, settlement. Prints JSON.
+
+    .venv/bin/python bench/spawn.py [--spawns 50] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jupyterhub.spawner import Spawner  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from jupyterhub_credits.ledger import Ledger  # noqa: E402
+from jupyterhub_credits.spawner.context import reset_contexts  # noqa: E402
+from jupyterhub_credits.spawner.local import LocalGpuMixin  # noqa: E402
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+class InstantSpawner(Spawner):
+    """A server that is up the moment it is asked for (no process at all)."""
+
+    running = False
+
+    async def start(self):
+        self.running = True
+        return ("127.0.0.1", 1)
+
+    async def poll(self):
+        return None if self.running else 0
+
+    async def stop(self, now=False):
+        self.running = False
+
+
+class CreditsInstantSpawner(LocalGpuMixin, InstantSpawner):
+    pass
+
+
+def make(cls, user: str, options: dict, db_url: str):
+    spawner = cls(user=SimpleNamespace(name=user, groups=[], url=f"/user/{user}/"),
+                  hub=None, db=None, orm_spawner=None)
+    spawner.user_options = dict(options)
+    if isinstance(spawner, LocalGpuMixin):
+        spawner.credits_db_url = db_url
+        spawner.catalog_path = str(ROOT / "config" / "catalog.yaml")
+        spawner.credits_ready_check = False
+        spawner.gpus = "a100:0,a100:1,a100:2,a100:3"
+    return spawner
+
+
+async def cycle(cls, user, options, db_url) -> tuple[float, float]:
+    spawner = make(cls, user, options, db_url)
+    started = time.perf_counter()
+    await spawner.start()
+    start_s = time.perf_counter() - started
+    started = time.perf_counter()
+    await spawner.stop()
+    hook = spawner.run_post_stop_hook()  # the hub awaits it only when it is awaitable
+    if asyncio.iscoroutine(hook):
+        await hook
+    return start_s, time.perf_counter() - started
+
+
+def summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"p50_ms": round(1000 * statistics.median(ordered), 3),
+            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
+            "mean_ms": round(1000 * statistics.fmean(ordered), 3)}
+
+
+async def measure(db_url: str, spawns: int) -> dict:
+    ledger = Ledger.open(db_url)
+    options = {"image": "tf-2.21", "gpu_type": "a100", "gpus": 2, "hours": "1"}
+    for i in range(spawns):
+        ledger.grant(f"u{i}", 1_000_000, key=f"bench-grant:{i}", reason="bench", actor="bench")
+    ledger.grant("warmup", 1_000_000, key="bench-grant:warmup", reason="bench", actor="bench")
+    ledger.close()
+    results = {}
+    for label, cls in (("plain", InstantSpawner), ("credits", CreditsInstantSpawner)):
+        await cycle(cls, "warmup", {"image": "tf-2.21-cpu", "gpu_type": "none"}, db_url)
+        starts, stops = [], []
+        for i in range(spawns):
+            start_s, stop_s = await cycle(cls, f"u{i}", options, db_url)
+            starts.append(start_s)
+            stops.append(stop_s)
+        results[label] = {"start": summary(starts), "stop_and_settle": summary(stops)}
+    reset_contexts()
+    overhead = {
+        key: round(results["credits"]["start"][key] - results["plain"]["start"][key], 3)
+        for key in ("p50_ms", "p99_ms", "mean_ms")}
+    settle = {
+        key: round(results["credits"]["stop_and_settle"][key]
+                   - results["plain"]["stop_and_settle"][key], 3)
+        for key in ("p50_ms", "p99_ms", "mean_ms")}
+    return {"spawns": spawns, "admission_overhead": overhead, "settlement_overhead": settle,
+            "raw": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--spawns", type=int, default=50)
+    parser.add_argument("--pg-url", default=ADMIN_URL)
+    args = parser.parse_args()
+    report = {"machine": {"cores": os.cpu_count()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        report["sqlite"] = asyncio.run(measure(f"sqlite:///{tmp}/credits.sqlite", args.spawns))
+    name = f"credits_bench_spawn_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = admin.url.set(database=name).render_as_string(hide_password=False)
+        report["postgresql"] = asyncio.run(measure(url, args.spawns))
+    finally:
+        reset_contexts()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -92,6 +92,12 @@ def test_the_shipped_catalog_loads():
     assert catalog.quotas.max_gpus_per_session == 3
     assert catalog.quotas.max_hours_per_session == 24
     assert catalog.quotas.min_prepaid_minutes == 1
+
+
+def test_min_prepaid_minutes_may_be_a_fraction_of_a_minute():
+    data = changed(("quotas", "min_prepaid_minutes"), "0.05")
+    catalog = parse_catalog(data, source="test.yaml")
+    assert catalog.quotas.min_prepaid_minutes == Decimal("0.05")  # 3 seconds, exactly
     assert catalog.cpu.price_per_hour == parse_amount(1)
 
 
@@ -218,7 +224,8 @@ ERROR_CASES = [
     # quotas
     (("quotas", "max_gpus_per_session"), 0, "quotas.max_gpus_per_session", "must be at least 1"),
     (("quotas", "max_concurrent_gpu_sessions"), -1, "quotas.max_concurrent_gpu_sessions", "must be at least 1"),
-    (("quotas", "min_prepaid_minutes"), 0, "quotas.min_prepaid_minutes", "must be at least 1"),
+    (("quotas", "min_prepaid_minutes"), 0, "quotas.min_prepaid_minutes", "must be greater than zero"),
+    (("quotas", "min_prepaid_minutes"), "0.00001", "quotas.min_prepaid_minutes", "at most 4 decimal places"),
     (("quotas", "max_hours_per_session"), "0", "quotas.max_hours_per_session", "greater than zero"),
     (("quotas", "max_hours_per_session"), "1.00001", "quotas.max_hours_per_session", "at most 4 decimal places"),
     (("quotas", "max_hours_per_session"), 1.5, "quotas.max_hours_per_session", "not a float"),

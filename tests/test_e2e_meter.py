@@ -1,10 +1,7 @@
 """The meter end to end: a real hub stops a server whose paid time ended, and bills only that.
 
-The catalog cannot sell less than a minute (``min_prepaid_minutes`` >= 1), so
-the tests buy a minute and then shorten what was paid for to a few seconds
-by moving ``paid_until`` in the sessions table — the one test seam here;
-everything after that (meter, settlement, the hub's stop, the spawner's
-post-stop hook freeing the GPUs) is the real thing.
+The hub's catalog is the shipped one with ``min_prepaid_minutes`` lowered to
+0.05 (3 seconds), so a session of a few seconds can be bought for real.
 """
 
 from __future__ import annotations
@@ -12,18 +9,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, update
+import yaml
+from sqlalchemy import select
 
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger.verify import verify
-from jupyterhub_credits.sessions.schema import gpu_assignments, sessions
+from jupyterhub_credits.sessions.schema import gpu_assignments
 from jupyterhub_credits.sessions.store import SessionStore
 from tests.conftest import fresh_postgres_database
-from tests.hub import HubProcess, wait_for
+from tests.hub import CATALOG, HubProcess, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 METER_INTERVAL = 0.5
+
+
 @pytest.fixture(scope="module")
 def database_url():
     with fresh_postgres_database("credits_meter") as url:
@@ -32,8 +32,12 @@ def database_url():
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, database_url):
-    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=database_url,
-                     meter_interval=METER_INTERVAL)
+    workdir = tmp_path_factory.mktemp("hub")
+    catalog = yaml.safe_load(CATALOG.read_text())
+    catalog["quotas"]["min_prepaid_minutes"] = "0.05"
+    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    hub = HubProcess(workdir, db_url=database_url, meter_interval=METER_INTERVAL,
+                     catalog=workdir / "catalog.yaml")
     hub.start()
     yield hub
     hub.stop()
@@ -55,12 +59,6 @@ def start(hub, ledger, user, credits, **options):
     return SessionStore(ledger).open_session(user)
 
 
-def pay_only_until(ledger, key: str, paid_until: datetime) -> None:
-    """The test seam: the session was paid for until ``paid_until`` (a few seconds away)."""
-    with ledger.engine.begin() as conn:
-        conn.execute(update(sessions).where(sessions.c.key == key).values(paid_until=paid_until))
-
-
 def live_devices(ledger, session_id: int) -> list[str]:
     with ledger.engine.connect() as conn:
         return list(conn.execute(select(gpu_assignments.c.device).where(
@@ -70,11 +68,11 @@ def live_devices(ledger, session_id: int) -> list[str]:
 
 def test_an_expired_session_is_warned_stopped_and_charged_its_paid_time(hub, ledger, capsys):
     session = start(hub, ledger, "ada", 20, image="tf-2.21", gpu_type="a100", gpus=2,
-                    hours="0.0167")  # a minute of 2 x A100 (30 credits/hour): 501 units
-    assert session.held == 501 and len(live_devices(ledger, session.id)) == 2
+                    hours="0.002")  # 7.2 s of 2 x A100 (30 credits/hour): 60 units held
+    assert session.held == 60 and len(live_devices(ledger, session.id)) == 2
+    paid_until = session.paid_until
+    assert paid_until == session.ready_at + timedelta(seconds=7)  # what 60 units pay for
     token = hub.user_token("ada")
-    paid_until = datetime.now(timezone.utc) + timedelta(seconds=6)
-    pay_only_until(ledger, session.key, paid_until)
 
     # Both warnings (600 s and 60 s) are crossed at once: one notice, both recorded.
     def warned():
@@ -97,7 +95,7 @@ def test_an_expired_session_is_warned_stopped_and_charged_its_paid_time(hub, led
     assert ended.end_reason == "expired" and ended.ended_at == paid_until
     # Its ready time only: up to paid_until, to the unit; never more than was held.
     assert ended.charged == ended.cost_until(paid_until) <= ended.held
-    assert 0 < ended.charged < 100  # a few seconds of 2 x A100 (30/hour): ~0.05 credits
+    assert ended.charged == 59  # 7 s of 30 credits/hour, rounded up to the unit
     balance = ledger.balance("ada")
     assert (balance.total, balance.reserved) == (20_000 - ended.charged, 0)
     # The spawner's post-stop hook freed the GPUs once the process was gone.
@@ -108,23 +106,26 @@ def test_an_expired_session_is_warned_stopped_and_charged_its_paid_time(hub, led
 
 
 def test_auto_extend_keeps_a_session_running(hub, ledger):
-    session = start(hub, ledger, "ben", 10, image="tf-2.21-cpu", gpu_type="none", hours="1")
+    # 36 s of CPU: inside the meter's auto-extend lead (15 minutes) from the start.
+    session = start(hub, ledger, "ben", 10, image="tf-2.21-cpu", gpu_type="none", hours="0.01")
+    assert session.held == 10
+    old_end = session.paid_until
     token = hub.user_token("ben")
     response = hub.credits_api("POST", "/sessions/default/extend", token=token,
                                json={"auto_extend": True})
     assert response.status_code == 200 and response.json()["session"]["auto_extend"]
-    soon = datetime.now(timezone.utc) + timedelta(seconds=5)
-    pay_only_until(ledger, session.key, soon)
-    # Inside the meter's auto-extend lead: it buys another hour (1 credit) by itself.
-    extended = wait_for(lambda: (s := SessionStore(ledger).get(session.key)).held > 1_000 and s,
-                        timeout=5, interval=0.1, what="the auto-extension")
-    # Paid time is recomputed from the holds: two hours from ready.
-    assert extended.held == 2_000 and extended.paid_until == session.ready_at + timedelta(hours=2)
-    # The meter ticks on (billing moves past the old end) and leaves the server up.
-    wait_for(lambda: SessionStore(ledger).get(session.key).billed_until > soon + timedelta(
-        seconds=2 * METER_INTERVAL), timeout=10, what="the meter to bill past the old end")
+    # The meter buys another hour (1 credit) by itself.
+    extended = wait_for(lambda: (s := SessionStore(ledger).get(session.key)).held > 10 and s,
+                        timeout=10, interval=0.1, what="the auto-extension")
+    # Paid time is recomputed from all the holds: 36 s + 1 hour from ready.
+    assert extended.held == 1_010
+    assert extended.paid_until == session.ready_at + timedelta(seconds=36 + 3600) > old_end
+    # The meter ticks on and leaves the server up.
+    wait_for(lambda: SessionStore(ledger).get(session.key).billed_until
+             > extended.billed_until + timedelta(seconds=2 * METER_INTERVAL), timeout=10,
+             what="the meter to keep billing")
     assert hub.server("ben")["ready"] and SessionStore(ledger).get(session.key).state == "running"
     me = hub.credits_api("GET", "/me", token=token).json()["sessions"][0]
-    assert me["held"] == "2.00" and "Auto-extended" in me["notice"] and me["warnings"] == []
+    assert me["held"] == "1.01" and "Auto-extended" in me["notice"] and me["warnings"] == []
     hub.api("DELETE", "/users/ben/server")
     hub.wait_gone("ben")

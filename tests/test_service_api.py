@@ -57,7 +57,7 @@ def test_has_scope_admin_unfiltered_and_groups():
 
 
 QUOTAS = Quotas(max_gpus_per_session=3, max_hours_per_session=Decimal(24),
-                max_concurrent_gpu_sessions=2, min_prepaid_minutes=1)
+                max_concurrent_gpu_sessions=2, min_prepaid_minutes=Decimal(1))
 
 
 def test_extension_quota_comes_before_balance_and_says_what_fits():

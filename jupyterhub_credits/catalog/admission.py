@@ -218,7 +218,7 @@ def minimum_hours(quotas: Quotas) -> Decimal:
     0.0167 hours), so that asking for exactly this passes the quota check.
     """
     scale = 10**HOURS_DECIMAL_PLACES
-    return Decimal(math.ceil(Fraction(quotas.min_prepaid_minutes * scale, 60))).scaleb(
+    return Decimal(math.ceil(Fraction(quotas.min_prepaid_minutes) * scale / 60)).scaleb(
         -HOURS_DECIMAL_PLACES
     )
 
@@ -337,8 +337,9 @@ def admit(
 # --- wording
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+def _count(number: int | Decimal, noun: str) -> str:
+    text = format(Decimal(number).normalize(), "f")
+    return f"{text} {noun}" if number == 1 else f"{text} {noun}s"
 
 
 def _hours(hours: Decimal) -> str:

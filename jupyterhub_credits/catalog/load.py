@@ -370,9 +370,9 @@ def _quotas(data: Any, path: KeyPath) -> tuple[Quotas, dict[str, GroupPolicy]]:
 
 
 def _quota(key: str, value: Any, path: KeyPath):
-    if key == "max_hours_per_session":
+    if key in ("max_hours_per_session", "min_prepaid_minutes"):
         try:
-            return parse_hours(value)
+            return parse_hours(value, unit="minutes" if key == "min_prepaid_minutes" else "hours")
         except InvalidHours as error:
             _fail(path, str(error))
     return _whole_number(value, path, minimum=1)

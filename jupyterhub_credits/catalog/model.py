@@ -109,15 +109,15 @@ class CpuPricing:
 class Quotas:
     """Limits on one user's sessions, against abuse and stolen accounts.
 
-    ``min_prepaid_minutes`` is the shortest session one can start: a request
-    for less is refused, and a balance that does not cover it cannot start
-    anything at that rate.
+    ``min_prepaid_minutes`` (an exact decimal) is the shortest session one can
+    start: a request for less is refused, and a balance that does not cover it
+    cannot start anything at that rate.
     """
 
     max_gpus_per_session: int
     max_hours_per_session: Decimal
     max_concurrent_gpu_sessions: int
-    min_prepaid_minutes: int
+    min_prepaid_minutes: Decimal
 
 
 #: The quota names, as they appear in YAML and as ``Quotas`` fields.

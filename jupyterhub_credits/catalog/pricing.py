@@ -29,49 +29,50 @@ class InvalidHours(ValueError):
     """A number of hours that is not a positive, exact decimal with at most 4 places."""
 
 
-def parse_hours(value) -> Decimal:
+def parse_hours(value, *, unit: str = "hours") -> Decimal:
     """Return ``value`` (a decimal string, int or Decimal) as exact ``Decimal`` hours.
 
     Floats are refused for the same reason as in ``parse_amount``: "0.1" as a
-    float is not 0.1, and hours turn into money.
+    float is not 0.1, and hours turn into money. ``unit`` names what is parsed
+    in messages (the catalog reads minutes with the same rules).
     """
-    example = 'a number of hours such as "1.5"'
+    example = f'a number of {unit} such as "1.5"'
     if isinstance(value, bool) or value is None:
-        raise InvalidHours(f"invalid hours {value!r}: expected {example}")
+        raise InvalidHours(f"invalid {unit} {value!r}: expected {example}")
     if isinstance(value, float):
         raise InvalidHours(
-            f'invalid hours {value!r}: give hours as a decimal string ("1.5"), not a float'
+            f'invalid {unit} {value!r}: give {unit} as a decimal string ("1.5"), not a float'
         )
     if isinstance(value, int):
         text = str(value)
     elif isinstance(value, Decimal):
         if not value.is_finite():
-            raise InvalidHours(f"invalid hours {value!r}: not a finite number")
+            raise InvalidHours(f"invalid {unit} {value!r}: not a finite number")
         text = format(value, "f")
     elif isinstance(value, str):
         text = value
     else:
-        raise InvalidHours(f"invalid hours {value!r}: expected {example}")
+        raise InvalidHours(f"invalid {unit} {value!r}: expected {example}")
 
     match = _HOURS_TEXT.match(text)
     if not match:
-        raise InvalidHours(f"invalid hours {text!r}: expected {example}")
+        raise InvalidHours(f"invalid {unit} {text!r}: expected {example}")
     sign, whole, fraction = match.groups()
     shown = text.strip()
     fraction = (fraction or "").rstrip("0")
     if len(fraction) > HOURS_DECIMAL_PLACES:
         raise InvalidHours(
-            f"invalid hours {shown!r}: at most {HOURS_DECIMAL_PLACES} decimal places"
+            f"invalid {unit} {shown!r}: at most {HOURS_DECIMAL_PLACES} decimal places"
         )
     if len(whole.lstrip("0")) > len(str(MAX_HOURS)):
-        raise InvalidHours(f"invalid hours {shown!r}: more than {MAX_HOURS} hours")
+        raise InvalidHours(f"invalid {unit} {shown!r}: more than {MAX_HOURS} {unit}")
     hours = Decimal(f"{whole}.{fraction}" if fraction else whole)
     if sign == "-" and hours:
-        raise InvalidHours(f"invalid hours {shown!r}: must not be negative")
+        raise InvalidHours(f"invalid {unit} {shown!r}: must not be negative")
     if not hours:
-        raise InvalidHours(f"invalid hours {shown!r}: must be greater than zero")
+        raise InvalidHours(f"invalid {unit} {shown!r}: must be greater than zero")
     if hours > MAX_HOURS:
-        raise InvalidHours(f"invalid hours {shown!r}: more than {MAX_HOURS} hours")
+        raise InvalidHours(f"invalid {unit} {shown!r}: more than {MAX_HOURS} {unit}")
     return hours
 
 

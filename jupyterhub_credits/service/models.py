@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from decimal import Decimal
 
 from ..catalog import Catalog, Quotas
 from ..ledger import Balance, format_amount
@@ -76,7 +77,7 @@ def quotas_to_dict(quotas: Quotas) -> dict:
         "max_gpus_per_session": quotas.max_gpus_per_session,
         "max_hours_per_session": format(quotas.max_hours_per_session.normalize(), "f"),
         "max_concurrent_gpu_sessions": quotas.max_concurrent_gpu_sessions,
-        "min_prepaid_minutes": quotas.min_prepaid_minutes,
+        "min_prepaid_minutes": format(Decimal(quotas.min_prepaid_minutes).normalize(), "f"),
     }
 
 

@@ -5,9 +5,10 @@ a caller-supplied idempotency key: applying the same key twice changes nothing
 and answers with the first transfer (``duplicate=True``); the same key with a
 different request is refused.
 
-Locks are always taken in one order — the transfer's key, the hold, the
-owner account, then that account's lots — so concurrent writers queue instead
-of deadlocking, and the rare conflict PostgreSQL still reports is retried.
+Locks are always taken in one order — the transfer's key, the hold, then the
+owner account, whose row lock guards all of that account's lots — so
+concurrent writers queue instead of deadlocking, and the rare conflict
+PostgreSQL still reports is retried.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
@@ -140,8 +142,12 @@ class Ledger:
         self.engine = engine
         self.clock = clock
         self._dialect = engine.dialect.name
-        # Accounts are never deleted, so their ids can be remembered.
+        # Accounts are never deleted, so their ids (and names) can be remembered.
         self._account_ids: dict[str, int] = {}
+        self._account_names: dict[int, str] = {}
+        # The transfer the current thread's transaction inserted, so a write
+        # answers without reading its own row back in a second transaction.
+        self._claimed = threading.local()
 
     @classmethod
     def open(cls, url: str = database.DEFAULT_URL, *, clock: Clock = utcnow, upgrade: bool = True,
@@ -170,9 +176,11 @@ class Ledger:
             "op": kind, "account": name, "amount": amount, "reason": reason,
             "expires_at": expires_at, "metadata": metadata})
 
+        created = {}
+
         def work(conn: Connection) -> int:
             # Created in this transaction, so a refused grant leaves no account behind.
-            account_id = self._owner_account_id(conn, name)
+            account_id = created["id"] = self._owner_account_id(conn, name)
             transfer_id = self._claim(conn, key, digest, kind=kind,
                                       debit=self._existing_id(conn, ISSUANCE), credit=account_id,
                                       amount=amount, actor=actor, reason=reason,
@@ -180,7 +188,11 @@ class Ledger:
             self._credit_owner(conn, account_id, transfer_id, amount, expires_at)
             return transfer_id
 
-        return self._transact(key, digest, work)
+        result = self._transact(key, digest, work)
+        if "id" in created and not result.duplicate:  # committed: safe to remember
+            self._account_ids[name] = created["id"]
+            self._account_names[created["id"]] = name
+        return result
 
     def earn(self, account: str, amount: int, *, key: str, rule: str, actor: str | None = None,
              reason: str = "", expires_at: datetime | None = None,
@@ -275,7 +287,6 @@ class Ledger:
                 .join(lots, lots.c.id == hold_lots.c.lot_id)
                 .where(hold_lots.c.hold_id == hold["id"])
                 .order_by(*_expiry_order(), lots.c.id)
-                .with_for_update(of=lots, key_share=True)
             ).all()
             left = posted
             for lot_id, reserved in rows:
@@ -335,11 +346,13 @@ class Ledger:
             if original.kind == "reverse":
                 raise NotReversible(
                     f"transfer {original.id} is itself a reversal: grant or deduct again instead")
-            earlier = conn.execute(select(transfers.c.id).where(
-                transfers.c.reversal_of == original.id)).scalar()
+            earlier = conn.execute(select(transfers.c.id, transfers.c.key).where(
+                transfers.c.reversal_of == original.id)).first()
             if earlier is not None:
+                if earlier.key == key:  # the same request, committed a moment ago
+                    raise _Duplicate()
                 raise NotReversible(
-                    f"transfer {original.id} was already reversed by transfer {earlier}")
+                    f"transfer {original.id} was already reversed by transfer {earlier.id}")
             debit_id = self._existing_id(conn, original.credit_account)
             credit_id = self._existing_id(conn, original.debit_account)
             transfer_id = self._claim(conn, key, digest, kind="reverse", debit=debit_id,
@@ -453,6 +466,7 @@ class Ledger:
                   system: bool = False) -> TransferResult:
         _check_key(key, system=system)
         for _ in range(3):
+            self._claimed.transfer = None
             try:
                 transfer_id = database.run_with_retries(self.engine, work)
             except _Duplicate:
@@ -463,7 +477,10 @@ class Ledger:
                 if self._key_taken(key):
                     return self._existing_result(key, digest)
                 continue
-            return TransferResult(self.get_transfer(transfer_id), duplicate=False)
+            claimed = self._claimed.transfer
+            if claimed is None or claimed.id != transfer_id:  # pragma: no cover - defensive
+                claimed = self.get_transfer(transfer_id)
+            return TransferResult(claimed, duplicate=False)
         raise IdempotencyConflict(f"could not apply {key!r}: concurrent conflicting requests")
 
     def _key_taken(self, key: str) -> bool:
@@ -485,15 +502,25 @@ class Ledger:
 
     def _claim(self, conn: Connection, key: str, digest: str, **row) -> int:
         """Insert the transfer under its key, or roll back as a duplicate if the key is taken."""
-        transfer_id = self._insert_transfer(conn, key, digest, **row)
+        created_at = self.clock()
+        transfer_id = self._insert_transfer(conn, key, digest, created_at=created_at, **row)
         if transfer_id is None:
             raise _Duplicate()
+        self._claimed.transfer = Transfer(
+            id=transfer_id, key=key, kind=row["kind"],
+            debit_account=self._name_of(conn, row["debit"]),
+            credit_account=self._name_of(conn, row["credit"]), amount=row["amount"],
+            created_at=created_at, actor=row["actor"] or "unknown", reason=row["reason"] or "",
+            metadata=row["metadata"], pending_id=row.get("pending_id"),
+            reversal_of=row.get("reversal_of"))
         return transfer_id
 
     def _insert_transfer(self, conn: Connection, key, digest, *, kind, debit, credit, amount,
-                         actor, reason, metadata, pending_id=None, reversal_of=None) -> int | None:
+                         actor, reason, metadata, pending_id=None, reversal_of=None,
+                         created_at=None) -> int | None:
         values = dict(key=key, request_hash=digest, kind=kind, debit_account_id=debit,
-                      credit_account_id=credit, amount=amount, created_at=self.clock(),
+                      credit_account_id=credit, amount=amount,
+                      created_at=created_at or self.clock(),
                       actor=actor or "unknown", reason=reason or "", metadata=metadata,
                       pending_id=pending_id, reversal_of=reversal_of)
         if key is None:
@@ -534,7 +561,16 @@ class Ledger:
         if account_id is None:
             raise UnknownAccount(name)
         self._account_ids[name] = account_id
+        self._account_names[account_id] = name
         return account_id
+
+    def _name_of(self, conn: Connection, account_id: int) -> str:
+        name = self._account_names.get(account_id)
+        if name is None:
+            name = conn.execute(select(accounts.c.name).where(accounts.c.id == account_id)
+                                ).scalar_one()
+            # Not cached here: the row may be this transaction's own, not yet committed.
+        return name
 
     def _lock_account(self, conn: Connection, account_id: int) -> None:
         # FOR NO KEY UPDATE: does not conflict with the key-share locks that
@@ -555,7 +591,6 @@ class Ledger:
             select(lots.c.id, lots.c.remaining - lots.c.reserved)
             .where(lots.c.account_id == account_id, lots.c.remaining > lots.c.reserved, live)
             .order_by(*order)
-            .with_for_update(key_share=True)
         ).all()
         return [(lot_id, int(free)) for lot_id, free in rows]
 
@@ -640,8 +675,9 @@ class Ledger:
     def _expire_lot(self, conn: Connection, lot_id: int, now: datetime, actor: str) -> int:
         account_id = conn.execute(select(lots.c.account_id).where(lots.c.id == lot_id)).scalar()
         self._lock_account(conn, account_id)
+        # Read after taking the account's lock, which guards all its lots.
         lot = conn.execute(select(lots.c.remaining, lots.c.reserved, lots.c.expires_at)
-                           .where(lots.c.id == lot_id).with_for_update(key_share=True)).one()
+                           .where(lots.c.id == lot_id)).one()
         amount = lot.remaining - lot.reserved
         if amount <= 0 or lot.expires_at is None or lot.expires_at > now:
             return 0

@@ -49,7 +49,9 @@ def make_engine(url: str = DEFAULT_URL, **kwargs) -> Engine:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         _make_sqlite_writes_immediate(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No ping before every checkout (two extra round trips per operation): a
+    # connection that died is invalidated on first use and the operation retried.
+    kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)
 
 
@@ -76,14 +78,24 @@ def _make_sqlite_writes_immediate(engine: Engine) -> None:
 
 @contextmanager
 def read_transaction(engine: Engine):
-    """A consistent snapshot for reading; never blocks SQLite writers."""
+    """One consistent snapshot for every statement of a read; never blocks writers.
+
+    PostgreSQL's default READ COMMITTED gives each statement its own snapshot,
+    so a multi-statement read (verify, a balance) could mix states.
+    """
     with engine.connect() as connection:
-        connection = connection.execution_options(ledger_read_only=True)
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="REPEATABLE READ",
+                                                      postgresql_readonly=True)
+        else:
+            connection = connection.execution_options(ledger_read_only=True)
         with connection.begin():
             yield connection
 
 
 def is_retryable(error: DBAPIError) -> bool:
+    if error.connection_invalidated:  # the server closed it (restart, idle timeout)
+        return True
     sqlstate = getattr(error.orig, "sqlstate", None)
     if sqlstate in RETRYABLE_SQLSTATES:
         return True

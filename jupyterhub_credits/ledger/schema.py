@@ -110,7 +110,7 @@ transfers = Table(
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("actor", String(255), nullable=False),
     Column("reason", Text, nullable=False, default=""),
-    Column("metadata", JSON, nullable=True),
+    Column("metadata", JSON(none_as_null=True), nullable=True),
     # A digest of the request, to refuse an idempotency key reused for different content.
     Column("request_hash", String(64), nullable=True),
     # post/void: the hold they resolve.

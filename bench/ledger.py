@@ -1,0 +1,852 @@
+#!/usr/bin/env python
+"""Ledger benchmark: write throughput and latency, statements per operation, verify() time.
+
+    .venv/bin/python bench/ledger.py [--quick] [--pg-url ADMIN_URL] [--skip-sqlite|--skip-postgres]
+
+Prints ONE JSON document on stdout (progress goes to stderr). For each backend
+(SQLite in a temporary file; PostgreSQL in a temporary database created and
+dropped through the admin URL) it measures, for a fixed duration each:
+
+* ``transfers``: a grant/deduct mix, every operation its own transaction
+  through the public ``Ledger`` API, as production calls it;
+* ``hold_post``: hold -> post (full) cycles;
+
+with 1 writer, 8 writer *processes* (each its own Ledger and connections) and
+8 writer *threads* sharing one Ledger (the GIL bounds these). Writers use
+their own accounts (different users), so the figures are not a hot-row test.
+Then it counts the statements and round trips each operation costs, times a
+deduct with many live lots, and times ``verify()`` over a ledger of
+1,000,000 transfers (100,000 with --quick) bulk-loaded directly (COPY on
+PostgreSQL, executemany on SQLite) in a consistent state, checking it is ok.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import resource
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from jupyterhub_credits.ledger import Ledger
+from jupyterhub_credits.ledger import database as ledger_database
+from jupyterhub_credits.ledger.verify import verify
+
+DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CONFIGS = [  # (label, processes, threads per process)
+    ("1_writer", 1, 1),
+    ("8_processes", 8, 1),
+    ("8_threads", 1, 8),
+]
+ACCOUNTS_PER_WRITER = 4
+QUIET_WAIT = 0.0  # --wait-for-quiet
+AMOUNT = 1_000
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- temporary databases ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sqlite_database(directory: str, name: str):
+    url = f"sqlite:///{Path(directory) / (name + '.sqlite')}"
+    engine = ledger_database.make_engine(url)
+    ledger_database.upgrade(engine)
+    engine.dispose()
+    yield url
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str):
+    admin = create_engine(ledger_database.normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"credits_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = ledger_database.make_engine(url)
+        ledger_database.upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# --- writers ---------------------------------------------------------------------------------
+
+
+class _RetryCounter(logging.Handler):
+    """Counts the ledger's "retrying ledger transaction" messages (deadlocks, serialization)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record):
+        self.count += 1
+
+
+def _one_thread(ledger: Ledger, scenario: str, names: list[str], prefix: str, duration: float,
+                warmup: int, ready: threading.Barrier, start: threading.Barrier,
+                out: dict) -> None:
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: Counter = Counter()
+    i = 0
+
+    def step(timed: bool) -> int:
+        nonlocal i
+        name = names[i % len(names)]
+        round_ = i // len(names)
+        i += 1
+        if scenario == "transfers":
+            # Grant then deduct the same amount on each account in turn: the balance (and
+            # the number of live lots) stays steady, so the run measures a steady state.
+            calls = [("grant", lambda: ledger.grant(name, AMOUNT, key=f"{prefix}-{i}",
+                                                    reason="bench", actor="bench"))] \
+                if round_ % 2 == 0 else \
+                [("deduct", lambda: ledger.deduct(name, AMOUNT, key=f"{prefix}-{i}",
+                                                  reason="bench", actor="bench"))]
+        else:
+            hold_key = f"{prefix}-{i}-h"
+            calls = [("hold", lambda: ledger.hold(name, AMOUNT, key=hold_key, actor="bench")),
+                     ("post", lambda: ledger.post(hold_key, key=f"{prefix}-{i}-p",
+                                                  actor="bench"))]
+        done = 0
+        for op, call in calls:
+            began = time.perf_counter()
+            try:
+                call()
+            except Exception as error:  # noqa: BLE001 - counted and reported
+                errors[f"{op}: {type(error).__name__}"] += 1
+                return done
+            if timed:
+                latencies[op].append(time.perf_counter() - began)
+            done += 1
+        return done
+
+    for _ in range(warmup):
+        step(timed=False)
+    ready.wait()
+    start.wait()
+    began = time.perf_counter()
+    deadline = began + duration
+    cycles = transfers = 0
+    while time.perf_counter() < deadline:
+        moved = step(timed=True)
+        transfers += moved
+        cycles += moved == (2 if scenario == "hold_post" else 1)
+    out.update(latencies=dict(latencies), errors=errors, transfers=transfers, cycles=cycles,
+               seconds=time.perf_counter() - began)
+
+
+def writer_process(url: str, scenario: str, prefix: str, threads: int, duration: float,
+                   warmup: int, ready, start, finish, results, engine_kwargs: dict,
+                   variant: str = "as_is") -> None:
+    """One writer process: ``threads`` threads sharing one Ledger, each with its own accounts.
+
+    ``variant`` (diagnostics, never for production): "no_pre_ping" opens the engine without
+    pool_pre_ping; "no_readback" also skips the read of the transfer after each commit, by
+    answering a stub instead (what building the answer from RETURNING would save).
+    """
+    retries = _RetryCounter()
+    logger = logging.getLogger("jupyterhub_credits.ledger.database")
+    logger.addHandler(retries)
+    logger.setLevel(logging.DEBUG)
+    if variant in ("no_pre_ping", "no_readback"):
+        engine_kwargs = {**engine_kwargs, "pool_pre_ping": False}
+    ledger = Ledger.open(url, upgrade=False, **engine_kwargs)
+    if variant == "no_readback":
+        ledger.get_transfer = lambda ref: ref  # TransferResult(transfer=<the id>)
+    try:
+        names = [[f"{prefix}-t{t}-a{a}" for a in range(ACCOUNTS_PER_WRITER)]
+                 for t in range(threads)]
+        for t, own in enumerate(names):
+            for name in own:
+                funds = 10**12 if scenario == "hold_post" else 5 * AMOUNT
+                ledger.grant(name, funds, key=f"fund-{name}", reason="bench", actor="bench")
+        local_ready = threading.Barrier(threads + 1)
+        local_start = threading.Barrier(threads + 1)
+        outs = [{} for _ in range(threads)]
+        workers = [threading.Thread(target=_one_thread, args=(
+            ledger, scenario, names[t], f"{prefix}-t{t}", duration, warmup, local_ready,
+            local_start, outs[t])) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        local_ready.wait()  # this process's threads are warm (connections, funded accounts)
+        ready.wait()  # so is every other process
+        start.wait()  # the parent says go
+        local_start.wait()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        for worker in workers:
+            worker.join()
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        results.put({"outs": outs, "cpu_s": cpu, "retries": retries.count})
+        finish.wait()  # keep connections open until the parent has sampled server CPU
+    finally:
+        ledger.close()
+
+
+def _postgres_cpu(database: str | None) -> dict[str, float]:
+    """CPU seconds so far of PostgreSQL's processes: backends serving ``database`` (ours),
+    background processes (WAL writer, checkpointer, ...), and backends of other databases."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {"backends": 0.0, "background": 0.0, "other_databases": 0.0}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if not stat[stat.index("(") + 1:stat.rindex(")")].startswith("postgres"):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        # A client backend's title: "postgres: <cluster>: <user> <database> <host(port)> <state>".
+        words = title.split()
+        if database and database in words:
+            out["backends"] += cpu
+        elif any(w.endswith(")") and "(" in w or w == "[local]" for w in words[3:]):
+            out["other_databases"] += cpu
+        else:
+            out["background"] += cpu
+    return out
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])
+    return (total - idle) / ticks, total / ticks
+
+
+def wait_for_quiet(max_wait: float, busy_below: float = 0.15) -> float | None:
+    """On a shared machine: wait (up to ``max_wait`` s) until it is nearly idle; the busy
+    share of the last second looked at (None when not asked to wait)."""
+    if max_wait <= 0:
+        return None
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy0, total0 = _machine_cpu()
+        time.sleep(1.0)
+        busy1, total1 = _machine_cpu()
+        share = (busy1 - busy0) / max(1e-9, total1 - total0)
+        if share < busy_below or time.monotonic() > deadline:
+            return round(share, 3)
+
+
+class WaitSampler(threading.Thread):
+    """Samples pg_stat_activity for our database: what the backends are doing, on average."""
+
+    def __init__(self, admin_url: str, database: str, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.engine = create_engine(ledger_database.normalize_url(admin_url),
+                                    isolation_level="AUTOCOMMIT")
+        self.database, self.interval = database, interval
+        self.stop = threading.Event()
+        self.samples = 0
+        self.counts: Counter = Counter()
+
+    def run(self):
+        query = text("SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                     "WHERE datname = :db AND pid <> pg_backend_pid()")
+        with self.engine.connect() as conn:
+            while not self.stop.is_set():
+                for state, kind, name in conn.execute(query, {"db": self.database}):
+                    label = state if not kind else f"{state}: {kind}/{name}"
+                    self.counts[label] += 1
+                self.samples += 1
+                self.stop.wait(self.interval)
+        self.engine.dispose()
+
+    def result(self) -> dict:
+        self.stop.set()
+        self.join()
+        return {label: round(n / max(1, self.samples), 2)
+                for label, n in self.counts.most_common(8)}
+
+
+def _percentiles(samples: list[float]) -> dict:
+    if not samples:
+        return {"count": 0}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+    return {"count": len(ordered), "p50_ms": at(0.50), "p99_ms": at(0.99),
+            "max_ms": round(ordered[-1] * 1000, 2)}
+
+
+def measure(url: str, scenario: str, label: str, processes: int, threads: int, duration: float,
+            warmup: int, engine_kwargs: dict | None = None, variant: str = "as_is",
+            admin_url: str | None = None) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Barrier(processes + 1)
+    start = ctx.Barrier(processes + 1)
+    finish = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    prefix = f"{scenario}-{label}-{uuid.uuid4().hex[:6]}"
+    procs = [ctx.Process(target=writer_process, args=(
+        url, scenario, f"{prefix}-p{p}", threads, duration, warmup, ready, start, finish, results,
+        engine_kwargs or {}, variant), daemon=True) for p in range(processes)]
+    postgres = url.startswith("postgresql")
+    database = make_url(url).database if postgres else None
+    for proc in procs:
+        proc.start()
+    sampler = WaitSampler(admin_url, database) if postgres and admin_url else None
+    ready.wait(timeout=300)
+    busy_before = wait_for_quiet(QUIET_WAIT)
+    start.wait(timeout=60)
+    if sampler:
+        sampler.start()
+    wall0, pg0, machine0 = time.perf_counter(), _postgres_cpu(database), _machine_cpu()
+    reports = [results.get(timeout=duration + 300) for _ in procs]
+    wall, pg1, machine1 = time.perf_counter() - wall0, _postgres_cpu(database), _machine_cpu()
+    waits = sampler.result() if sampler else None
+    finish.wait(timeout=60)
+    for proc in procs:
+        proc.join(60)
+
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: Counter = Counter()
+    transfers = cycles = 0
+    seconds = []
+    for report in reports:
+        for out in report["outs"]:
+            for op, samples in out["latencies"].items():
+                latencies[op].extend(samples)
+            errors.update(out["errors"])
+            transfers += out["transfers"]
+            cycles += out["cycles"]
+            seconds.append(out["seconds"])
+    elapsed = max(seconds)
+    python_cpu = sum(r["cpu_s"] for r in reports)
+    cores = len(os.sched_getaffinity(0))
+    capacity = wall * cores
+    pg = {k: pg1[k] - pg0[k] for k in pg0}
+    busy = machine1[0] - machine0[0]
+    ours = python_cpu + (pg["backends"] + pg["background"] if postgres else 0)
+    result = {
+        "writers": processes * threads, "processes": processes, "threads_per_process": threads,
+        "seconds": round(elapsed, 2),
+        "transfers": transfers,
+        "transfers_per_s": round(transfers / elapsed, 1),
+    }
+    if scenario == "hold_post":
+        result["cycles"] = cycles
+        result["cycles_per_s"] = round(cycles / elapsed, 1)
+        all_ops = [s for op in ("hold", "post") for s in latencies[op]]
+    else:
+        all_ops = [s for op in ("grant", "deduct") for s in latencies[op]]
+    result["latency"] = {op: _percentiles(s) for op, s in sorted(latencies.items())}
+    result["latency"]["any"] = _percentiles(all_ops)
+    result["errors"] = dict(errors)
+    result["retried_transactions"] = sum(r["retries"] for r in reports)
+    # Where the machine's CPU went during the run (shares of cores x wall time).
+    cpu = {"python_writers": python_cpu}
+    if postgres:
+        cpu["postgres_our_backends"] = pg["backends"]
+        cpu["postgres_background"] = pg["background"]
+    cpu["other_processes"] = max(0.0, busy - ours)
+    cpu["idle"] = max(0.0, capacity - busy)
+    result["cpu_share"] = {k: round(v / capacity, 3) for k, v in cpu.items()}
+    result["cpu_ms_per_transfer"] = {
+        k: round(1000 * v / max(1, transfers), 2) for k, v in cpu.items()
+        if k in ("python_writers", "postgres_our_backends", "postgres_background")}
+    if waits is not None:
+        result["server_backends_by_state"] = waits
+    if busy_before is not None:
+        result["machine_busy_share_before_start"] = busy_before
+    # If the run were bound by CPU alone: what the cores could do at this CPU cost per transfer.
+    cost = sum(result["cpu_ms_per_transfer"].values())
+    result["cpu_bound_ceiling_transfers_per_s"] = round(cores * 1000 / cost, 1) if cost else None
+    return result
+
+
+# --- statements and round trips per operation -------------------------------------------------
+
+
+def count_statements(url: str) -> dict:
+    """What one operation of each kind sends to the database (steady state, warm caches)."""
+    ledger = Ledger.open(url, upgrade=False)
+    postgres = ledger.engine.dialect.name == "postgresql"
+    tally = Counter()
+    shapes: list[str] = []
+
+    @event.listens_for(ledger.engine, "before_cursor_execute")
+    def _statement(conn, cursor, statement, parameters, context, executemany):
+        tally["statements"] += 1
+        words = statement.split()
+        verb = words[0].upper()
+        table = next((w for w in words if w.startswith("credits_")), "")
+        lock = " FOR UPDATE" if "FOR UPDATE" in statement or "FOR NO KEY UPDATE" in statement \
+            else ""
+        shapes.append(f"{verb} {table.split('.')[0].strip(',(')}{lock}".strip())
+
+    @event.listens_for(ledger.engine, "begin")
+    def _begin(conn):
+        tally["transactions"] += 1
+
+    @event.listens_for(ledger.engine, "commit")
+    def _commit(conn):
+        tally["commits"] += 1
+
+    @event.listens_for(ledger.engine, "rollback")
+    def _rollback(conn):
+        tally["rollbacks"] += 1
+
+    @event.listens_for(ledger.engine.pool, "checkout")
+    def _checkout(*_args):
+        tally["pool_checkouts"] += 1
+
+    name = f"stmt-{uuid.uuid4().hex[:6]}"
+    ledger.grant(name, 10**9, key=f"{name}-fund", reason="bench", actor="bench")
+    ledger.hold(name, AMOUNT, key=f"{name}-h0", actor="bench")
+    ledger.post(f"{name}-h0", key=f"{name}-p0", actor="bench")
+    ops = {
+        "grant": lambda i: ledger.grant(name, AMOUNT, key=f"{name}-g{i}", reason="b", actor="b"),
+        "deduct": lambda i: ledger.deduct(name, AMOUNT, key=f"{name}-d{i}", reason="b",
+                                          actor="b"),
+        "hold": lambda i: ledger.hold(name, AMOUNT, key=f"{name}-h{i}", actor="b"),
+        "post": lambda i: ledger.post(f"{name}-h{i}", key=f"{name}-p{i}", actor="b"),
+        "duplicate_grant": lambda i: ledger.grant(name, AMOUNT, key=f"{name}-g{i}", reason="b",
+                                                  actor="b"),
+        # Grants to an account this process never spends from (earnings, say).
+        "grant_only_account": lambda i: ledger.grant(f"{name}-earner", AMOUNT,
+                                                     key=f"{name}-e{i}", reason="b", actor="b"),
+    }
+    out = {}
+    repeats = 20
+    for op, call in ops.items():
+        tally.clear()
+        for i in range(1, repeats + 1):
+            shapes.clear()
+            call(i)
+        per_op = {k: v / repeats for k, v in tally.items()}
+        entry = {k: round(v, 2) for k, v in sorted(per_op.items())}
+        if postgres:
+            # psycopg sends BEGIN and COMMIT/ROLLBACK as their own round trips, and
+            # pool_pre_ping costs one more ("SELECT 1"-style ping) per checkout.
+            entry["round_trips"] = round(per_op.get("statements", 0)
+                                         + 2 * per_op.get("transactions", 0)
+                                         + per_op.get("pool_checkouts", 0), 2)
+        else:
+            entry["round_trips"] = None  # in-process: BEGIN is among the statements
+        entry["sequence"] = list(shapes)
+        out[op] = entry
+    ledger.close()
+    return out
+
+
+def deduct_with_live_lots(url: str, lot_counts: list[int], samples: int) -> dict:
+    """Deduct latency when the account holds many lots with credits left (e.g. many earnings)."""
+    ledger = Ledger.open(url, upgrade=False)
+    out = {}
+    try:
+        for lots in lot_counts:
+            name = f"lots-{lots}-{uuid.uuid4().hex[:6]}"
+            # One big lot drawn first (soonest expiry), then ``lots - 1`` small ones that stay.
+            ledger.grant(name, samples * AMOUNT * 2, key=f"{name}-big", reason="b", actor="b",
+                         expires_at=_soon())
+            _bulk_lots(ledger, name, lots - 1)
+            times = []
+            for i in range(samples):
+                began = time.perf_counter()
+                ledger.deduct(name, AMOUNT, key=f"{name}-d{i}", reason="b", actor="b")
+                times.append(time.perf_counter() - began)
+            out[str(lots)] = _percentiles(times)
+        report = verify(ledger.engine)
+        assert report.ok, report.to_dict()
+    finally:
+        ledger.close()
+    return out
+
+
+def _soon():
+    from datetime import datetime, timedelta, timezone
+
+    return datetime.now(timezone.utc) + timedelta(days=365)
+
+
+def _bulk_lots(ledger: Ledger, name: str, count: int) -> None:
+    """``count`` more 10-unit grant lots for ``name``, written directly in one transaction
+    (a consistent state: transfers, lots and the cached balance)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import insert, select, update
+
+    from jupyterhub_credits.ledger import ISSUANCE, account_name
+    from jupyterhub_credits.ledger.schema import accounts, lots, transfers
+
+    if count <= 0:
+        return
+    canonical = account_name(name)
+    now = datetime.now(timezone.utc)
+    with ledger.engine.begin() as conn:
+        ids = dict(conn.execute(select(accounts.c.name, accounts.c.id)
+                                .where(accounts.c.name.in_([canonical, ISSUANCE]))).all())
+        transfer_ids = conn.execute(
+            insert(transfers).returning(transfers.c.id, sort_by_parameter_order=True),
+            [{"key": f"{canonical}-lot{i}", "kind": "grant", "debit_account_id": ids[ISSUANCE],
+              "credit_account_id": ids[canonical], "amount": 10, "created_at": now,
+              "actor": "bench", "reason": "", "metadata": None, "request_hash": None}
+             for i in range(count)],
+        ).scalars().all()
+        conn.execute(insert(lots), [{"account_id": ids[canonical], "transfer_id": t,
+                                     "amount": 10, "remaining": 10, "reserved": 0,
+                                     "expires_at": None} for t in transfer_ids])
+        conn.execute(update(accounts).where(accounts.c.id == ids[canonical])
+                     .values(balance=accounts.c.balance + 10 * count))
+
+
+# --- a big consistent ledger, loaded in bulk, for verify() ---------------------------------------
+
+TRANSFER_COLUMNS = ("id", "key", "kind", "debit_account_id", "credit_account_id", "amount",
+                    "created_at", "actor", "reason", "metadata", "request_hash", "pending_id",
+                    "reversal_of")
+TABLES = {
+    "credits_accounts": ("id", "name", "kind", "balance", "reserved", "created_at"),
+    "credits_transfers": TRANSFER_COLUMNS,
+    "credits_lots": ("id", "account_id", "transfer_id", "amount", "remaining", "reserved",
+                     "expires_at"),
+    "credits_holds": ("transfer_id", "account_id", "amount", "state", "posted", "timeout_at",
+                      "resolved_at"),
+    "credits_hold_lots": ("hold_id", "lot_id", "amount"),
+    "credits_lot_movements": ("id", "lot_id", "transfer_id", "amount"),
+}
+BLOCKS_PER_ACCOUNT = 100  # 10 transfers each, + a grant and a pending hold per account
+GRANT = 10**9
+DEDUCT = 500
+STAMP = "2026-01-01 12:00:00.000000"
+
+
+def ledger_rows(accounts: int, first_account: int, issuance: int, usage: int):
+    """Yield, per account, a dict of table -> rows: a ledger state every verify check accepts.
+
+    Per account: a grant (one lot), then blocks of: two deducts, a hold partially posted
+    (post + void of the remainder), a hold voided, a hold fully posted, and the reversal of
+    the first deduct (which credits a new lot); finally one pending hold. Debits draw from
+    the grant's lot (lot_movements); holds reserve it (hold_lots).
+    """
+    ids = {"transfer": 0, "lot": 0, "movement": 0}
+
+    def next_id(kind: str) -> int:
+        ids[kind] += 1
+        return ids[kind]
+
+    def transfer(kind, debit, credit, amount, *, keyed=True, pending=None, reversal=None):
+        tid = next_id("transfer")
+        return (tid, f"bulk-{tid}" if keyed else None, kind, debit, credit, amount, STAMP,
+                "bench", "", None, None, pending, reversal)
+
+    for a in range(accounts):
+        acc = first_account + a
+        rows = {table: [] for table in TABLES}
+        grant = transfer("grant", issuance, acc, GRANT)
+        rows["credits_transfers"].append(grant)
+        lot = next_id("lot")
+        drawn = 0
+        extra_lots = []
+
+        def add(kind, debit, credit, amount, *, rows=rows, draw_from=None, **options):
+            row = transfer(kind, debit, credit, amount, **options)
+            rows["credits_transfers"].append(row)
+            if draw_from is not None:
+                rows["credits_lot_movements"].append(
+                    (next_id("movement"), draw_from, row[0], amount))
+            return row[0]
+
+        def hold(amount, state, posted, *, rows=rows, acc=acc, lot=lot):
+            hold_id = add("hold", acc, usage, amount)
+            rows["credits_holds"].append(
+                (hold_id, acc, amount, state, posted, None, None if state == "pending" else STAMP))
+            rows["credits_hold_lots"].append((hold_id, lot, amount))
+            return hold_id
+
+        for _ in range(BLOCKS_PER_ACCOUNT):
+            first_deduct = add("deduct", acc, issuance, DEDUCT, draw_from=lot)
+            add("deduct", acc, issuance, DEDUCT, draw_from=lot)
+            held = hold(3000, "posted", 2000)
+            add("post", acc, usage, 2000, pending=held, draw_from=lot)
+            add("void", acc, usage, 1000, keyed=False, pending=held)
+            held = hold(1500, "voided", 0)
+            add("void", acc, usage, 1500, pending=held)
+            held = hold(1000, "posted", 1000)
+            add("post", acc, usage, 1000, pending=held, draw_from=lot)
+            reversal = add("reverse", issuance, acc, DEDUCT, reversal=first_deduct)
+            extra_lots.append((next_id("lot"), acc, reversal, DEDUCT, DEDUCT, 0, None))
+            drawn += 2 * DEDUCT + 2000 + 1000
+        hold(1000, "pending", 0)
+        remaining = GRANT - drawn
+        rows["credits_lots"].append((lot, acc, grant[0], GRANT, remaining, 1000, None))
+        rows["credits_lots"].extend(extra_lots)
+        balance = remaining + DEDUCT * BLOCKS_PER_ACCOUNT
+        rows["credits_accounts"].append((acc, f"user:bulk{a}", "user", balance, 1000, STAMP))
+        yield rows
+
+
+def _system_ids(conn) -> tuple[int, int, int]:
+    ids = dict(conn.execute(text("SELECT name, id FROM credits_accounts WHERE kind = 'system'"))
+               .all())
+    first = conn.execute(text("SELECT COALESCE(MAX(id), 0) + 1 FROM credits_accounts")).scalar()
+    return ids["system:issuance"], ids["system:usage"], first
+
+
+def _copy_text(value) -> str:
+    if value is None:
+        return "\\N"
+    return str(value)
+
+
+def build_postgres(url: str, accounts: int) -> int:
+    import psycopg
+
+    engine = ledger_database.make_engine(url)
+    with engine.connect() as conn:
+        issuance, usage, first = _system_ids(conn)
+    engine.dispose()
+    buffers = {table: [] for table in TABLES}
+    count = 0
+    for rows in ledger_rows(accounts, first, issuance, usage):
+        for table, table_rows in rows.items():
+            buffers[table].extend("\t".join(map(_copy_text, row)) + "\n" for row in table_rows)
+        count += len(rows["credits_transfers"])
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo) as conn:
+        # The rows are consistent by construction: skip the per-row foreign-key triggers.
+        conn.execute("SET session_replication_role = replica")
+        for table, columns in TABLES.items():
+            with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                lines = buffers.pop(table)
+                for i in range(0, len(lines), 50_000):
+                    copy.write("".join(lines[i:i + 50_000]))
+        for table, column in (("credits_accounts", "id"), ("credits_transfers", "id"),
+                              ("credits_lots", "id"), ("credits_lot_movements", "id")):
+            conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                         f"(SELECT MAX({column}) FROM {table}))")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
+    return count
+
+
+def build_sqlite(url: str, accounts: int) -> int:
+    path = make_url(url).database
+    engine = ledger_database.make_engine(url)
+    with engine.connect() as conn:
+        issuance, usage, first = _system_ids(conn)
+    engine.dispose()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    count = 0
+    statements = {table: f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                         f"({', '.join('?' * len(columns))})" for table, columns in TABLES.items()}
+    batch = defaultdict(list)
+    for n, rows in enumerate(ledger_rows(accounts, first, issuance, usage), 1):
+        for table, table_rows in rows.items():
+            batch[table].extend(table_rows)
+        count += len(rows["credits_transfers"])
+        if n % 100 == 0:
+            for table in TABLES:
+                conn.executemany(statements[table], batch.pop(table, []))
+    for table in TABLES:
+        conn.executemany(statements[table], batch.pop(table, []))
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    return count
+
+
+def verify_big(make_db, builder, transfers: int) -> dict:
+    accounts = max(1, round(transfers / (10 * BLOCKS_PER_ACCOUNT + 2)))
+    with make_db() as url:
+        began = time.perf_counter()
+        count = builder(url, accounts)
+        build_s = time.perf_counter() - began
+        engine = ledger_database.make_engine(url)
+        try:
+            began = time.perf_counter()
+            report = verify(engine)
+            verify_s = time.perf_counter() - began
+        finally:
+            engine.dispose()
+    return {"transfers": report.transfers, "accounts": report.accounts,
+            "transfers_loaded": count, "build_s": round(build_s, 2),
+            "verify_s": round(verify_s, 2), "ok": report.ok,
+            "problems": {k: v["problems"] for k, v in report.to_dict()["checks"].items()
+                         if v["problems"]}}
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def machine(pg_admin_url: str | None) -> dict:
+    info = {
+        "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(), "memory_gib": _memory_gib(), "platform": platform.platform(),
+        "python": platform.python_version(), "sqlalchemy": sqlalchemy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+    }
+    with contextlib.suppress(Exception):
+        import psycopg
+
+        info["psycopg"] = psycopg.__version__
+    if pg_admin_url:
+        with contextlib.suppress(Exception):
+            engine = create_engine(ledger_database.normalize_url(pg_admin_url))
+            with engine.connect() as conn:
+                info["postgresql"] = conn.execute(text("SHOW server_version")).scalar()
+                info["postgresql_settings"] = dict(conn.execute(text(
+                    "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
+                    "('synchronous_commit', 'fsync', 'wal_sync_method', 'shared_buffers', "
+                    "'max_connections', 'commit_delay', 'full_page_writes')")).all())
+            engine.dispose()
+    return info
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _memory_gib() -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    return None
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def run_backend(backend: str, make_db, builder, args) -> dict:
+    out: dict = {"throughput": {}}
+    admin_url = args.pg_url if backend == "postgresql" else None
+    with make_db() as url:
+        for scenario in ("transfers", "hold_post"):
+            out["throughput"][scenario] = {}
+            for label, processes, threads in CONFIGS:
+                log(f"{backend} {scenario} {label} ({args.duration}s)")
+                out["throughput"][scenario][label] = measure(
+                    url, scenario, label, processes, threads, args.duration, args.warmup,
+                    admin_url=admin_url)
+        if backend == "postgresql" and not args.quick:
+            # What-ifs for the analysis, transfers with 8 writer processes. Not for production:
+            # they show what the per-operation overheads cost, not a way to run the ledger.
+            out["what_if_transfers_8_processes"] = {}
+            for name, kwargs, variant in (
+                    ("without_pool_pre_ping", {}, "no_pre_ping"),
+                    ("without_pre_ping_and_readback", {}, "no_readback"),
+                    ("synchronous_commit_off",
+                     {"connect_args": {"options": "-c synchronous_commit=off"}}, "as_is")):
+                log(f"postgresql what-if {name} ({args.duration}s)")
+                result = measure(url, "transfers", name, 8, 1, args.duration, args.warmup,
+                                 kwargs, variant, admin_url=admin_url)
+                out["what_if_transfers_8_processes"][name] = {
+                    k: result[k] for k in ("transfers_per_s", "latency", "cpu_share",
+                                           "cpu_ms_per_transfer")}
+        log(f"{backend} statements per operation")
+        out["per_operation"] = count_statements(url)
+        log(f"{backend} deduct latency with many live lots")
+        out["deduct_latency_by_live_lots"] = deduct_with_live_lots(
+            url, [1, 100, 1000] if not args.quick else [1, 100, 300], 100 if args.quick else 200)
+        engine = ledger_database.make_engine(url)
+        report = verify(engine)
+        engine.dispose()
+        out["verify_after_benchmark"] = {"ok": report.ok, "transfers": report.transfers,
+                                         "seconds": round(report.seconds, 2)}
+    log(f"{backend} verify over {args.verify_transfers} bulk-loaded transfers")
+    out["verify"] = verify_big(make_db, builder, args.verify_transfers)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 s per measurement and 100,000 transfers for verify")
+    parser.add_argument("--pg-url", default=os.environ.get("JUPYTERHUB_CREDITS_BENCH_PG_URL",
+                                                           DEFAULT_PG_ADMIN_URL),
+                        help="PostgreSQL admin URL (a temporary database is created there)")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--duration", type=float, help="seconds per measurement")
+    parser.add_argument("--verify-transfers", type=int, help="size of the verify data set")
+    parser.add_argument("--wait-for-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="on a shared machine, wait up to SECONDS before each measurement "
+                             "for the machine to be nearly idle (default: do not wait)")
+    args = parser.parse_args(argv)
+    global QUIET_WAIT
+    QUIET_WAIT = args.wait_for_quiet
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
+    args.verify_transfers = args.verify_transfers or (100_000 if args.quick else 1_000_000)
+    args.warmup = 5 if args.quick else 20
+
+    began = time.perf_counter()
+    result = {
+        "benchmark": "jupyterhub_credits ledger",
+        "parameters": {
+            "quick": args.quick, "seconds_per_measurement": args.duration,
+            "warmup_ops_per_writer": args.warmup, "accounts_per_writer": ACCOUNTS_PER_WRITER,
+            "amount_units": AMOUNT, "verify_transfers": args.verify_transfers,
+            "wait_for_quiet_s": args.wait_for_quiet,
+            "configs": {label: {"processes": p, "threads_per_process": t}
+                        for label, p, t in CONFIGS},
+            "transfers_scenario": "grant and deduct alternate on each writer's own accounts; "
+                                  "each call one transaction via Ledger",
+            "hold_post_scenario": "hold then full post, per cycle; cycles_per_s counts pairs",
+            "postgres_admin_url": None if args.skip_postgres else
+            make_url(args.pg_url).render_as_string(hide_password=True),
+        },
+        "machine": machine(None if args.skip_postgres else args.pg_url),
+    }
+    with tempfile.TemporaryDirectory(prefix="credits-bench-") as directory:
+        if not args.skip_sqlite:
+            counter = iter(range(1000))
+            result["sqlite"] = run_backend(
+                "sqlite", lambda: sqlite_database(directory, f"db{next(counter)}"),
+                build_sqlite, args)
+        if not args.skip_postgres:
+            result["postgresql"] = run_backend(
+                "postgresql", lambda: postgres_database(args.pg_url), build_postgres, args)
+    result["total_seconds"] = round(time.perf_counter() - began, 1)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

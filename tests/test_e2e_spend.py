@@ -33,6 +33,7 @@ def hub(tmp_path_factory, database_url):
             if spawner.user.name.startswith("broken"):
                 spawner.cmd = ["/bin/false"]
         c.Spawner.pre_spawn_hook = break_some
+        c.Spawner.poll_interval = 1
     """)
     hub.start()
     yield hub
@@ -186,3 +187,25 @@ def _live_devices(ledger):
     with ledger.engine.connect() as conn:
         return set(conn.execute(select(gpu_assignments.c.device).where(
             gpu_assignments.c.released_at.is_(None))).scalars())
+
+
+def test_a_crashed_server_is_settled_at_its_last_billed_tick(hub, ledger):
+    import os
+    import signal
+
+    grant(ledger, "crash-carla", 30)
+    spawn(hub, "crash-carla", image="tf-2.21", gpu_type="a100", gpus=1, hours="1")
+    hub.wait_ready("crash-carla")
+    store = SessionStore(ledger)
+    session = store.open_session("crash-carla")
+    billed = wait_for(lambda: (s := store.get(session.key)).billed_until > s.ready_at and s,
+                      what="the meter to bill")
+    os.kill(hub.server_pids()["crash-carla"], signal.SIGKILL)
+    # The hub's poll (every second in this hub) finds it gone and stops it.
+    ended = wait_for(lambda: (s := store.get(session.key)).state == "ended" and s,
+                     what="the crash to be noticed and settled")
+    assert ended.end_reason == "server_gone"
+    assert ended.ended_at >= billed.billed_until and ended.charged == ended.cost_until(
+        ended.ended_at)
+    assert ledger.balance("crash-carla").reserved == 0
+    assert _live_devices(ledger) == set()  # its GPU is free again

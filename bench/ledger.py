@@ -43,11 +43,11 @@ import sqlalchemy
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from benchdb import DEFAULT_PG_ADMIN_URL, log, postgres_database, sqlite_database  # noqa: E402
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger import database as ledger_database
 from jupyterhub_credits.ledger.verify import verify
 
-DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CONFIGS = [  # (label, processes, threads per process)
     ("1_writer", 1, 1),
     ("8_processes", 8, 1),
@@ -57,39 +57,6 @@ ACCOUNTS_PER_WRITER = 4
 QUIET_WAIT = 0.0  # --wait-for-quiet
 AMOUNT = 1_000
 
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- temporary databases ---------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def sqlite_database(directory: str, name: str):
-    url = f"sqlite:///{Path(directory) / (name + '.sqlite')}"
-    engine = ledger_database.make_engine(url)
-    ledger_database.upgrade(engine)
-    engine.dispose()
-    yield url
-
-
-@contextlib.contextmanager
-def postgres_database(admin_url: str):
-    admin = create_engine(ledger_database.normalize_url(admin_url), isolation_level="AUTOCOMMIT")
-    name = f"credits_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = ledger_database.make_engine(url)
-        ledger_database.upgrade(engine)
-        engine.dispose()
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- writers ---------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ reporting the server gone (the overrun) is measured, ``--hub-runs`` times.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -39,58 +38,23 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, insert, select, text, update  # noqa: E402
+from sqlalchemy import insert, select, text, update  # noqa: E402
 
+from benchdb import DEFAULT_PG_ADMIN_URL, log, postgres_database, sqlite_database  # noqa: E402
 from jupyterhub_credits.ledger import Ledger  # noqa: E402
-from jupyterhub_credits.ledger import database as ledger_database  # noqa: E402
 from jupyterhub_credits.ledger.schema import transfers  # noqa: E402
 from jupyterhub_credits.service.meter import Meter  # noqa: E402
 from jupyterhub_credits.sessions.schema import sessions  # noqa: E402
 from jupyterhub_credits.sessions.store import SessionStore  # noqa: E402
 
-DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TICK_SECONDS = 5
 START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- temporary databases --------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def sqlite_database(directory: str, name: str):
-    url = f"sqlite:///{Path(directory) / (name + '.sqlite')}"
-    engine = ledger_database.make_engine(url)
-    ledger_database.upgrade(engine)
-    engine.dispose()
-    yield url
-
-
-@contextlib.contextmanager
-def postgres_database(admin_url: str):
-    admin = create_engine(ledger_database.normalize_url(admin_url), isolation_level="AUTOCOMMIT")
-    name = f"credits_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = ledger_database.make_engine(url)
-        ledger_database.upgrade(engine)
-        engine.dispose()
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- the tick's database work --------------------------------------------------------------------

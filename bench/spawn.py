@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,13 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jupyterhub.spawner import Spawner  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from benchdb import DEFAULT_PG_ADMIN_URL, postgres_database  # noqa: E402
 
 from jupyterhub_credits.ledger import Ledger  # noqa: E402
 from jupyterhub_credits.spawner.context import reset_contexts  # noqa: E402
 from jupyterhub_credits.spawner.local import LocalGpuMixin  # noqa: E402
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 class InstantSpawner(Spawner):
@@ -118,22 +116,16 @@ async def measure(db_url: str, spawns: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spawns", type=int, default=50)
-    parser.add_argument("--pg-url", default=ADMIN_URL)
+    parser.add_argument("--pg-url", default=DEFAULT_PG_ADMIN_URL)
     args = parser.parse_args()
     report = {"machine": {"cores": os.cpu_count()}}
     with tempfile.TemporaryDirectory() as tmp:
         report["sqlite"] = asyncio.run(measure(f"sqlite:///{tmp}/credits.sqlite", args.spawns))
-    name = f"credits_bench_spawn_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
-        report["postgresql"] = asyncio.run(measure(url, args.spawns))
-    finally:
-        reset_contexts()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with postgres_database(args.pg_url) as url:
+        try:
+            report["postgresql"] = asyncio.run(measure(url, args.spawns))
+        finally:
+            reset_contexts()
     print(json.dumps(report, indent=2))
 
 

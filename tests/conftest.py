@@ -85,6 +85,21 @@ def reset_ledger(engine) -> None:
         conn.execute(accounts.delete().where(accounts.c.kind != "system"))
 
 
+@pytest.fixture(scope="module")
+def module_postgres_url(request):
+    """A fresh PostgreSQL database shared by one test module (e.g. with its hub)."""
+    with fresh_postgres_database("credits_" + request.module.__name__.rpartition(".")[2]) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_ledger(module_postgres_url):
+    """A Ledger on ``module_postgres_url``, for tests to grant and inspect."""
+    ledger = Ledger.open(module_postgres_url)
+    yield ledger
+    ledger.close()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A ledger database URL, empty and at the schema's head, on each backend."""

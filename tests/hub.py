@@ -50,6 +50,14 @@ def wait_for(predicate, *, timeout: float = 30, interval: float = 0.1, what: str
         time.sleep(interval)  # polling interval, not synchronisation
 
 
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class HubProcess:
     def __init__(self, workdir: Path, *, db_url: str, local_gpus: str = "a100:0,a100:1,t4:2",
                  meter_interval: float = 0.5, extra_config: str = "", catalog: Path = CATALOG):
@@ -140,12 +148,8 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 pass
         self._kill_group()
-        self._kill_leftover_servers()
-        for pid in self.service_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(self.server_pids().values())
+        _kill(self.service_pids())
         self.process = None
 
     def kill(self) -> None:
@@ -153,11 +157,7 @@ class HubProcess:
         self._kill_group()
         self.process.wait(10)
         # Managed services run in a session of their own: find ours by its port.
-        for pid in self.service_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(self.service_pids())
         self.process = None
 
     def service_pids(self) -> list[int]:
@@ -179,13 +179,6 @@ class HubProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-    def _kill_leftover_servers(self) -> None:
-        for pid in self.server_pids().values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def server_pids(self) -> dict[str, int]:
         """Single-user server processes by user, from the hub's own database (spawner state)."""

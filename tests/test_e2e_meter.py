@@ -12,11 +12,9 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger.verify import verify
 from jupyterhub_credits.sessions.schema import gpu_assignments
 from jupyterhub_credits.sessions.store import SessionStore
-from tests.conftest import fresh_postgres_database
 from tests.hub import CATALOG, HubProcess, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -25,18 +23,12 @@ METER_INTERVAL = 0.5
 
 
 @pytest.fixture(scope="module")
-def database_url():
-    with fresh_postgres_database("credits_meter") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, database_url):
+def hub(tmp_path_factory, module_postgres_url):
     workdir = tmp_path_factory.mktemp("hub")
     catalog = yaml.safe_load(CATALOG.read_text())
     catalog["quotas"]["min_prepaid_minutes"] = "0.05"
     (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    hub = HubProcess(workdir, db_url=database_url, meter_interval=METER_INTERVAL,
+    hub = HubProcess(workdir, db_url=module_postgres_url, meter_interval=METER_INTERVAL,
                      catalog=workdir / "catalog.yaml")
     hub.start()
     yield hub
@@ -44,10 +36,8 @@ def hub(tmp_path_factory, database_url):
 
 
 @pytest.fixture(scope="module")
-def ledger(database_url):
-    ledger = Ledger.open(database_url)
-    yield ledger
-    ledger.close()
+def ledger(module_ledger):
+    return module_ledger
 
 
 def start(hub, ledger, user, credits, **options):

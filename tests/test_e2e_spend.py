@@ -7,10 +7,8 @@ from decimal import Decimal
 import pytest
 
 from jupyterhub_credits.catalog import cost_of_seconds
-from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger.verify import verify
 from jupyterhub_credits.sessions.store import SessionStore
-from tests.conftest import fresh_postgres_database
 from tests.hub import HubProcess, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -19,15 +17,9 @@ A100_RATE = 15_000  # units per GPU-hour (15 credits)
 
 
 @pytest.fixture(scope="module")
-def database_url():
-    with fresh_postgres_database("credits_e2e") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, database_url):
+def hub(tmp_path_factory, module_postgres_url):
     # Servers of users named broken-* exit at once: a start that fails after the hold.
-    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=database_url, meter_interval=0.5,
+    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=module_postgres_url, meter_interval=0.5,
                      extra_config="""
         def break_some(spawner):
             if spawner.user.name.startswith("broken"):
@@ -41,10 +33,8 @@ def hub(tmp_path_factory, database_url):
 
 
 @pytest.fixture(scope="module")
-def ledger(database_url):
-    ledger = Ledger.open(database_url)
-    yield ledger
-    ledger.close()
+def ledger(module_ledger):
+    return module_ledger
 
 
 def grant(ledger, user, credits):

@@ -14,11 +14,9 @@ import pytest
 import requests
 
 from jupyterhub_credits.catalog import Quotas
-from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.service.auth import has_scope
 from jupyterhub_credits.service.extension import decide_extension
 from jupyterhub_credits.sessions.store import SessionStore
-from tests.conftest import fresh_postgres_database
 from tests.hub import HubProcess
 
 # --- scopes (no hub) ---------------------------------------------------------------------------
@@ -82,24 +80,16 @@ def test_extension_quota_comes_before_balance_and_says_what_fits():
 # What hubconfig.configure_credits should also do (see the service's report): let the
 # service see this machine's GPUs, and let browser (OAuth) tokens carry the credits scopes.
 @pytest.fixture(scope="module")
-def database_url():
-    with fresh_postgres_database("credits_api") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, database_url):
-    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=database_url, meter_interval=0.5)
+def hub(tmp_path_factory, module_postgres_url):
+    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=module_postgres_url, meter_interval=0.5)
     hub.start()
     yield hub
     hub.stop()
 
 
 @pytest.fixture(scope="module")
-def ledger(database_url):
-    ledger = Ledger.open(database_url)
-    yield ledger
-    ledger.close()
+def ledger(module_ledger):
+    return module_ledger
 
 
 @pytest.fixture(scope="module")

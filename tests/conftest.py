@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import create_engine, text
 
+from jupyterhub_credits.earning.schema import earning_users, events
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger import database as ledger_database
 from jupyterhub_credits.ledger.schema import accounts, hold_lots, holds, lot_movements, lots, transfers
@@ -73,8 +74,8 @@ def postgres_url():
 
 def reset_ledger(engine) -> None:
     """Empty every ledger and session table except the seeded system accounts."""
-    tables = (gpu_assignments, session_holds, sessions, hold_lots, lot_movements, holds, lots,
-              transfers)
+    tables = (events, earning_users, gpu_assignments, session_holds, sessions, hold_lots,
+              lot_movements, holds, lots, transfers)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             names = ", ".join(t.name for t in tables)

@@ -4,6 +4,7 @@ from alembic import context
 
 from jupyterhub_credits.ledger.schema import VERSION_TABLE, metadata
 from jupyterhub_credits.sessions import schema as _sessions  # noqa: F401 - registers its tables
+from jupyterhub_credits.earning import schema as _earning  # noqa: F401 - registers its tables
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - the ledger always passes a connection

@@ -1,0 +1,491 @@
+"""Recording events: decide each one, store it with its outcome, earn through the ledger.
+
+``EarningService.record(user, events, source=...)`` takes a batch, answers one
+outcome per event in order, and stores every event it decided (earned, capped
+or rejected, with the reason) under ``(user, key)``: the same key sent again
+answers "duplicate" and earns nothing twice. A user's batches are decided one
+at a time (the user's row in ``credits_earning_users`` is locked), so caps and
+the daily bound on claims hold under concurrent requests.
+
+Credits move in a second step, through ``Ledger.earn`` under the key
+``earn:<user>:<event key>``: if the process stops between the two, the next
+retry of the event (or ``settle_pending``) makes the same transfer, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..ledger import Ledger, LedgerError, database
+from ..ledger.amounts import format_amount
+from ..ledger.core import account_name
+from ..ledger.errors import InvalidRequest
+from ..ledger.records import iso
+from ..ledger.schema import accounts, transfers
+from ..sessions.schema import sessions
+from .decide import (
+    DERIVED,
+    EARNED,
+    GPU_UTILIZATION,
+    KIND_RULES,
+    SERVER,
+    SOURCES,
+    Event,
+    GpuSample,
+    Outcome,
+    RuleUsage,
+    SessionSpan,
+    UserState,
+    apply,
+    day_start,
+    decide,
+    parse_event,
+    parse_time,
+)
+from .rules import EFFICIENCY_BONUS, SIGNUP, EarningRules, default_rules
+from .schema import earning_users, events
+
+log = logging.getLogger(__name__)
+
+#: The most events one ``record`` call takes.
+MAX_BATCH = 1000
+#: Payloads larger than this (as JSON) are not kept (the outcome still is).
+MAX_PAYLOAD_BYTES = 16_384
+#: The key of a derived earning: ``<event key>#efficiency_bonus``.
+BONUS_SUFFIX = DERIVED + EFFICIENCY_BONUS
+#: Leaderboards leave out the signup bonus everyone gets.
+LEADERBOARD_EXCLUDED_ACTORS = (f"rule:{SIGNUP}",)
+
+_REASONS = {
+    "signup": "signup bonus",
+    "daily_login": "daily login",
+    "notebook_activity": "active notebook time",
+    "training_run": "training run",
+    "efficiency_bonus": "efficiency bonus",
+    "model_published": "model published",
+    "model_reused": "model reused",
+    "model_liked": "model liked",
+}
+_CHUNK = 400
+
+
+class EarningError(ValueError):
+    """A request the earning service refuses as a whole (bad source, user or batch)."""
+
+
+def ledger_key(user: str, event_key: str) -> str:
+    """The idempotency key of the ledger transfer an event's earning makes."""
+    key = f"earn:{user}:{event_key}"
+    if len(key) > 255:
+        key = "earn:" + hashlib.sha256(f"{user}:{event_key}".encode()).hexdigest()
+    return key
+
+
+class EarningService:
+    """Events → outcomes → earn transfers. Inner layer: no JupyterHub or Tornado imports."""
+
+    def __init__(self, ledger: Ledger, rules: EarningRules | None = None):
+        self.ledger = ledger
+        self.engine = ledger.engine
+        self.rules = rules or default_rules()
+        self._dialect = self.engine.dialect.name
+
+    @property
+    def clock(self):
+        return self.ledger.clock
+
+    # --- recording ----------------------------------------------------------------
+
+    def record(self, user: str, batch: Sequence[Any], *, source: str) -> list[dict]:
+        """Decide, store and earn a batch of ``user``'s events; one outcome dict per event.
+
+        ``source`` is ``"hub"`` (trusted) or ``"server"`` (a single-user server's claims).
+        """
+        if source not in SOURCES:
+            raise EarningError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+        if not isinstance(batch, (list, tuple)):
+            raise EarningError("events must be a list")
+        if len(batch) > MAX_BATCH:
+            raise EarningError(f"at most {MAX_BATCH} events at a time, got {len(batch)}")
+        name = _user(user)
+        now = self.clock()
+        parsed = [parse_event(raw, now) for raw in batch]
+        answers = database.run_with_retries(
+            self.engine, lambda conn: self._decide_batch(conn, name, source, parsed, now))
+        keys = {event.key for event in parsed if event.key is not None}
+        if keys:
+            self._earn(self._unsettled(name, keys))
+        return answers
+
+    def settle_pending(self, limit: int = 1000) -> int:
+        """Make the ledger transfers of earned events that have none yet (after a crash)."""
+        with database.read_transaction(self.engine) as conn:
+            rows = conn.execute(_unsettled_query().order_by(events.c.id).limit(limit)).all()
+        return self._earn(rows)
+
+    # --- admin --------------------------------------------------------------------
+
+    def freeze(self, user: str, *, actor: str, reason: str = "") -> None:
+        """Stop ``user`` earning anything until unfrozen (their events are rejected, and kept)."""
+        self._set_frozen(_user(user), True, actor, reason)
+
+    def unfreeze(self, user: str, *, actor: str) -> None:
+        self._set_frozen(_user(user), False, actor, None)
+
+    def is_frozen(self, user: str) -> bool:
+        with database.read_transaction(self.engine) as conn:
+            return bool(conn.execute(select(earning_users.c.frozen)
+                                     .where(earning_users.c.user == _user(user))).scalar())
+
+    # --- reading ------------------------------------------------------------------
+
+    def today(self, user: str) -> dict:
+        """Today's (UTC) earnings per rule against the rule's caps, and claims against their bound."""
+        name = _user(user)
+        now = self.clock()
+        start = day_start(now)
+        with database.read_transaction(self.engine) as conn:
+            usage = _usage_today(conn, name, start)
+            frozen = bool(conn.execute(select(earning_users.c.frozen)
+                                       .where(earning_users.c.user == name)).scalar())
+        per_rule = []
+        total = 0
+        for rule in self.rules.rules.values():
+            rows = [row for (rule_name, _), row in usage.items() if rule_name == rule.name]
+            count = sum(row["count"] for row in rows)
+            units = sum(row["points"] for row in rows)
+            per_rule.append({
+                "rule": rule.name,
+                "enabled": rule.enabled,
+                "count": count,
+                "points": format_amount(units),
+                "units": units,
+                "max_per_day": rule.max_per_day,
+                "max_points_per_day": (format_amount(rule.max_points_per_day)
+                                       if rule.max_points_per_day is not None else None),
+                "max_units_per_day": rule.max_points_per_day,
+            })
+            total += units
+        claims = sum(row["points"] for (_, source), row in usage.items() if source == SERVER)
+        return {
+            "user": name,
+            "day": start.date().isoformat(),
+            "frozen": frozen,
+            "points": format_amount(total),
+            "units": total,
+            "rules": per_rule,
+            "claims": {"points": format_amount(claims), "units": claims,
+                       "max_points": format_amount(self.rules.max_claims_per_day),
+                       "max_units": self.rules.max_claims_per_day},
+        }
+
+    def history(self, user: str, *, limit: int = 50, before_id: int | None = None) -> list[dict]:
+        """The user's stored events with their outcomes, newest first."""
+        if limit < 1:
+            raise EarningError("limit must be at least 1")
+        query = (select(events).where(events.c.user == _user(user))
+                 .order_by(events.c.id.desc()).limit(limit))
+        if before_id is not None:
+            query = query.where(events.c.id < before_id)
+        with database.read_transaction(self.engine) as conn:
+            return [_event_record(row) for row in conn.execute(query)]
+
+    def leaderboard(self, since: datetime | None = None, limit: int = 10) -> list[dict]:
+        """Top earners since ``since``: user and credits earned (signup bonus and reversed earnings
+        left out), nothing else."""
+        if limit < 1:
+            raise EarningError("limit must be at least 1")
+        reversal = transfers.alias("reversal")
+        total = func.sum(transfers.c.amount).label("units")
+        query = (
+            select(accounts.c.name, total)
+            .select_from(transfers)
+            .join(accounts, accounts.c.id == transfers.c.credit_account_id)
+            .outerjoin(reversal, reversal.c.reversal_of == transfers.c.id)
+            .where(transfers.c.kind == "earn", accounts.c.kind == "user",
+                   transfers.c.actor.not_in(LEADERBOARD_EXCLUDED_ACTORS),
+                   reversal.c.id.is_(None))
+            .group_by(accounts.c.name)
+            .order_by(total.desc(), accounts.c.name)
+            .limit(limit)
+        )
+        if since is not None:
+            query = query.where(transfers.c.created_at >= since)
+        with database.read_transaction(self.engine) as conn:
+            rows = conn.execute(query).all()
+        return [{"rank": rank, "user": name.partition(":")[2], "points": format_amount(units),
+                 "units": int(units)}
+                for rank, (name, units) in enumerate(rows, start=1)]
+
+    # --- internals ----------------------------------------------------------------
+
+    def _decide_batch(self, conn: Connection, user: str, source: str, parsed: list[Event],
+                      now: datetime) -> list[dict]:
+        frozen = self._lock_user(conn, user)
+        keys = [event.key for event in parsed if event.key is not None]
+        stored = _stored(conn, user, keys)
+        state = self._load_state(conn, user, now, frozen, parsed)
+        answers, rows = [], []
+        for event in parsed:
+            if event.key is not None and event.key in stored:
+                answers.append(_duplicate_answer(event.key, stored[event.key],
+                                                 stored.get(event.key + BONUS_SUFFIX)))
+                continue
+            outcome = decide(event, source, self.rules, state, now)
+            state = apply(state, event, source, outcome, now)
+            if outcome.stored:
+                row = _row(user, event, source, outcome, now)
+                rows.append(row)
+                stored[event.key] = row
+                bonus = outcome.bonus
+                if bonus is not None and bonus.stored:
+                    bonus_row = _row(user, event, source, bonus, now)
+                    bonus_row.update(key=event.key + BONUS_SUFFIX, kind=EFFICIENCY_BONUS,
+                                     payload=None)
+                    rows.append(bonus_row)
+                    stored[bonus_row["key"]] = bonus_row
+            answers.append(_answer(event, outcome))
+        if rows:
+            conn.execute(insert(events), rows)
+        return answers
+
+    def _lock_user(self, conn: Connection, user: str) -> bool:
+        """Take the user's row lock (creating the row); whether their earning is frozen."""
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        conn.execute(dialect_insert(earning_users).values(user=user, frozen=False)
+                     .on_conflict_do_nothing(index_elements=[earning_users.c.user]))
+        return bool(conn.execute(select(earning_users.c.frozen)
+                                 .where(earning_users.c.user == user)
+                                 .with_for_update()).scalar())
+
+    def _load_state(self, conn: Connection, user: str, now: datetime, frozen: bool,
+                    parsed: list[Event]) -> UserState:
+        start = day_start(now)
+        today = _usage_today(conn, user, start)
+        usage: dict[str, RuleUsage] = {}
+        claims = minutes = 0
+        for (rule, source), row in today.items():
+            before = usage.get(rule, RuleUsage())
+            last = max(filter(None, (before.last_at, row["last_at"])), default=None)
+            usage[rule] = RuleUsage(before.count + row["count"], before.points + row["points"],
+                                    last)
+            if source == SERVER:
+                claims += row["points"]
+            minutes += row["minutes"]
+        interval = timedelta(seconds=self.rules.longest_interval_s)
+        if interval and now - interval < start:
+            # A minimum interval reaches back into yesterday.
+            for rule, last_at in conn.execute(
+                    select(events.c.rule, func.max(events.c.received_at))
+                    .where(events.c.user == user, events.c.outcome == EARNED,
+                           events.c.points > 0, events.c.received_at >= now - interval,
+                           events.c.received_at < start)
+                    .group_by(events.c.rule)):
+                before = usage.get(rule, RuleUsage())
+                if before.last_at is None:
+                    usage[rule] = RuleUsage(before.count, before.points, last_at)
+        kinds = {event.kind for event in parsed if event.key is not None}
+        for kind, rule in KIND_RULES.items():
+            if kind in kinds and self.rules[rule].once:
+                ever = conn.execute(select(func.count()).select_from(events).where(
+                    events.c.user == user, events.c.rule == rule, events.c.outcome == EARNED,
+                    events.c.points > 0)).scalar()
+                before = usage.get(rule, RuleUsage())
+                usage[rule] = RuleUsage(before.count, before.points, before.last_at, ever)
+        recent = 0
+        if any(event.key is not None for event in parsed):
+            recent = conn.execute(select(func.count()).select_from(events).where(
+                events.c.user == user, events.c.source == SERVER,
+                events.c.kind != EFFICIENCY_BONUS,  # derived rows are not events sent
+                events.c.received_at > now - timedelta(minutes=1))).scalar()
+        # A session not yet settled still ends, at the latest, when its paid time does.
+        spans = tuple(
+            SessionSpan(ready_at, ended_at or paid_until)
+            for ready_at, ended_at, paid_until in conn.execute(
+                select(sessions.c.ready_at, sessions.c.ended_at, sessions.c.paid_until)
+                .where(sessions.c.user == user, sessions.c.ready_at.is_not(None),
+                       func.coalesce(sessions.c.ended_at, sessions.c.paid_until)
+                       >= min(start, now - timedelta(days=1)))
+                .order_by(sessions.c.ready_at)))
+        samples: tuple[GpuSample, ...] = ()
+        runs = [event.data["duration_s"] for event in parsed
+                if event.kind == "training_run" and "duration_s" in event.data]
+        if runs:
+            window = timedelta(seconds=min(max(runs), 86400)) + timedelta(minutes=10)
+            samples = tuple(filter(None, (
+                _sample(payload) for (payload,) in conn.execute(
+                    select(events.c.payload).where(
+                        events.c.user == user, events.c.kind == GPU_UTILIZATION,
+                        events.c.outcome == EARNED, events.c.received_at >= now - window)
+                    .order_by(events.c.id)))))
+        return UserState(usage=usage, claims_today=claims, active_minutes_today=minutes,
+                         recent_claims=recent, frozen=frozen, sessions=spans, gpu_samples=samples)
+
+    def _unsettled(self, user: str, keys: Iterable[str]) -> list:
+        keys = list(keys)
+        wanted = keys + [key + BONUS_SUFFIX for key in keys]
+        rows = []
+        with database.read_transaction(self.engine) as conn:
+            for chunk in _chunks(wanted):
+                rows += conn.execute(_unsettled_query().where(
+                    events.c.user == user, events.c.key.in_(chunk)).order_by(events.c.id)).all()
+        return rows
+
+    def _earn(self, rows) -> int:
+        """Make each earned event's transfer (idempotent) and remember its id; how many."""
+        done = []
+        for row in rows:
+            try:
+                result = self.ledger.earn(
+                    row.user, int(row.points), key=ledger_key(row.user, row.key), rule=row.rule,
+                    reason=_REASONS.get(row.rule, row.rule), expires_at=row.expires_at,
+                    metadata={"event": row.key, "kind": row.kind})
+            except LedgerError as error:
+                log.warning("could not earn %s for %s's event %r: %s", row.points, row.user,
+                            row.key, error)
+                continue
+            done.append({"event_id": row.id, "transfer": result.transfer.id})
+        if done:
+            with database.write_transaction(self.engine) as conn:
+                conn.execute(update(events).where(events.c.id == bindparam("event_id"),
+                                                  events.c.transfer_id.is_(None))
+                             .values(transfer_id=bindparam("transfer")), done)
+        return len(done)
+
+    def _set_frozen(self, user: str, frozen: bool, actor: str, reason: str | None) -> None:
+        values = {"frozen": frozen, "frozen_at": self.clock() if frozen else None,
+                  "frozen_by": actor if frozen else None,
+                  "frozen_reason": reason if frozen else None}
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(earning_users).values(user=user, **values)
+        statement = statement.on_conflict_do_update(index_elements=[earning_users.c.user],
+                                                    set_=values)
+        with database.write_transaction(self.engine) as conn:
+            conn.execute(statement)
+        log.info("earning %s for %s by %s%s", "frozen" if frozen else "unfrozen", user, actor,
+                 f": {reason}" if reason else "")
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _user(user: str) -> str:
+    try:
+        name = account_name(user)
+    except InvalidRequest as error:
+        raise EarningError(str(error)) from None
+    kind, _, body = name.partition(":")
+    if kind != "user":
+        raise EarningError(f"only users earn credits, not {name}")
+    return body
+
+
+def _chunks(items: list, size: int = _CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _unsettled_query():
+    return select(events.c.id, events.c.user, events.c.key, events.c.kind, events.c.rule,
+                  events.c.points, events.c.expires_at).where(
+        events.c.outcome == EARNED, events.c.points > 0, events.c.transfer_id.is_(None))
+
+
+def _usage_today(conn: Connection, user: str, start: datetime) -> dict[tuple[str, str], dict]:
+    """(rule, source) → count, points, minutes and latest earning since ``start``."""
+    rows = conn.execute(
+        select(events.c.rule, events.c.source, func.count(), func.sum(events.c.points),
+               func.coalesce(func.sum(events.c.minutes), 0), func.max(events.c.received_at))
+        .where(events.c.user == user, events.c.outcome == EARNED, events.c.points > 0,
+               events.c.received_at >= start)
+        .group_by(events.c.rule, events.c.source))
+    return {(rule, source): {"count": int(count), "points": int(points), "minutes": int(minutes),
+                             "last_at": last_at}
+            for rule, source, count, points, minutes, last_at in rows}
+
+
+def _stored(conn: Connection, user: str, keys: list[str]) -> dict[str, Mapping]:
+    """The stored events among ``keys`` (and their derived earnings), by key."""
+    found: dict[str, Mapping] = {}
+    wanted = keys + [key + BONUS_SUFFIX for key in keys]
+    for chunk in _chunks(wanted):
+        for row in conn.execute(
+                select(events.c.key, events.c.kind, events.c.outcome, events.c.points,
+                       events.c.rule, events.c.reason)
+                .where(events.c.user == user, events.c.key.in_(chunk))):
+            found[row.key] = dict(row._mapping)
+    return found
+
+
+def _sample(payload: Any) -> GpuSample | None:
+    """The GPU sample a stored (already checked) gpu_utilization payload carries."""
+    try:
+        minute = parse_time(payload["minute"]).replace(second=0, microsecond=0)
+        utilizations = [float(gpu["util"]) for gpu in payload["gpus"]]
+        return GpuSample(minute, sum(utilizations) / len(utilizations))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _storable(payload: Any) -> dict | None:
+    if not isinstance(payload, Mapping):
+        return None
+    try:
+        text = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return json.loads(text) if len(text) <= MAX_PAYLOAD_BYTES else None
+
+
+def _row(user: str, event: Event, source: str, outcome: Outcome, now: datetime) -> dict:
+    return {
+        "user": user, "kind": event.kind or "", "key": event.key, "time": event.time,
+        "received_at": now, "source": source, "payload": _storable(event.payload),
+        "outcome": outcome.outcome, "points": outcome.points if outcome.outcome == EARNED else 0,
+        "rule": outcome.rule, "reason": outcome.reason, "minutes": outcome.minutes,
+        "expires_at": outcome.expires_at, "transfer_id": None,
+    }
+
+
+def _part(outcome: Outcome) -> dict:
+    units = outcome.points if outcome.outcome == EARNED else 0
+    return {"outcome": outcome.outcome, "points": format_amount(units), "units": units,
+            "rule": outcome.rule, "reason": outcome.reason}
+
+
+def _answer(event: Event, outcome: Outcome) -> dict:
+    """The outcome of one event as the API answers it (points include a training run's bonus)."""
+    units = outcome.total_points
+    answer = {"key": event.key, "kind": event.kind, **_part(outcome),
+              "points": format_amount(units), "units": units}
+    if outcome.bonus is not None:
+        answer["bonus"] = _part(outcome.bonus)
+    return answer
+
+
+def _duplicate_answer(key: str, row: Mapping, bonus: Mapping | None) -> dict:
+    earned = int(row["points"]) + (int(bonus["points"]) if bonus else 0)
+    was = row["outcome"] + (f", {format_amount(earned)} credits" if row["outcome"] == EARNED
+                            else "")
+    return {"key": key, "kind": row["kind"] or None, "outcome": "duplicate", "points": "0.00",
+            "units": 0, "rule": row["rule"], "reason": f"already recorded ({was}); nothing more "
+                                                       "earned"}
+
+
+def _event_record(row) -> dict:
+    return {
+        "id": row.id, "kind": row.kind, "key": row.key, "time": iso(row.time),
+        "received_at": iso(row.received_at), "source": row.source, "outcome": row.outcome,
+        "points": format_amount(row.points), "units": int(row.points), "rule": row.rule,
+        "reason": row.reason, "minutes": row.minutes, "expires_at": iso(row.expires_at),
+        "transfer_id": row.transfer_id, "payload": row.payload,
+    }

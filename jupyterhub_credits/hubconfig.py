@@ -147,6 +147,12 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
     })
     c.JupyterHub.services = services
 
+    # Single-user servers reach the service directly (the hub's own port serves only /hub/).
+    environment = dict(_get(c.Spawner, "environment", {}))
+    environment.setdefault("JUPYTERHUB_CREDITS_API_URL",
+                           f"http://{service_ip}:{service_port}/services/credits/api")
+    c.Spawner.environment = environment
+
 
 def signup_grant_hook(amount: str, *, expires_in_days: float | None = 30,
                       reason: str = "signup bonus"):

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from jupyterhub_credits.hubconfig import configure_credits, signup_grant_hook
+from jupyterhub_credits.hubconfig import configure_credits, earning_hook
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 
@@ -32,7 +32,7 @@ c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = "demo"
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {"admin"}
-c.Authenticator.post_auth_hook = signup_grant_hook("75", expires_in_days=30)
+c.Authenticator.post_auth_hook = earning_hook()  # signup bonus and daily login (catalog rules)
 
 c.Spawner.cmd = [str(bin_dir / "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"

@@ -154,33 +154,93 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
     c.Spawner.environment = environment
 
 
-def signup_grant_hook(amount: str, *, expires_in_days: float | None = 30,
-                      reason: str = "signup bonus"):
-    """An ``Authenticator.post_auth_hook`` granting ``amount`` credits on a user's first login.
+#: The ledger key of the signup grant made before earning rules existed (see earning_hook).
+LEGACY_SIGNUP_KEY = "signup:{user}"
 
-    Keyed ``signup:<user>``: granted once per user, ever, however often they log in.
-    (The earning rules take this over later; this is the cold-start grant.)
+
+def login_events(now) -> list[dict]:
+    """The events the hub records at a login: the signup bonus (once ever) and the daily login."""
+    from datetime import timezone
+
+    now = now.astimezone(timezone.utc)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    return [
+        {"kind": "signup", "key": "signup", "time": stamp, "payload": {}},
+        {"kind": "login", "key": f"login:{now.date().isoformat()}", "time": stamp,
+         "payload": {}},
+    ]
+
+
+def earning_service(context):
+    """The hub process's EarningService on the spawners' shared ledger and catalog."""
+    from .earning import EarningService, earning_rules
+
+    service = context.extras.get("earning")
+    if service is None:
+        service = context.extras["earning"] = EarningService(context.ledger,
+                                                             earning_rules(context.catalog))
+    return service
+
+
+def record_login(context, user: str) -> list[dict]:
+    """Record ``user``'s login through the earning rules (source "hub": trusted); the outcomes.
+
+    The signup event earns the ``signup`` rule once per user, ever; the daily
+    login earns ``daily_login`` once per UTC day (keyed ``login:<date>``). A user
+    who got the signup grant of the earlier ``signup:<user>`` ledger key is not
+    granted it twice.
     """
-    from datetime import timedelta
+    from .ledger import LedgerError
 
-    from .ledger import parse_amount
+    service = earning_service(context)
+    events = login_events(service.clock())
+    try:
+        context.ledger.get_transfer(LEGACY_SIGNUP_KEY.format(user=user))
+    except LedgerError:
+        pass
+    else:
+        events = [event for event in events if event["kind"] != "signup"]
+    return service.record(user, events, source="hub")
 
-    units = parse_amount(amount)
 
-    async def grant_on_first_login(authenticator, handler, authentication):
+def earning_hook():
+    """An ``Authenticator.post_auth_hook`` recording each login through the earning rules.
+
+    Runs in the hub (trusted): a ``signup`` event (the catalog's
+    ``earning.rules.signup``: 75 credits by default, once per user, ever) and a
+    ``login`` event (``earning.rules.daily_login``: once a day). A failure is
+    logged and never stops the login.
+    """
+
+    async def record_on_login(authenticator, handler, authentication):
         import asyncio
 
         from .spawner.context import shared_context
 
+        if not authentication:
+            return authentication
         name = authentication["name"]
-        context = shared_context(authenticator.config.CreditsSpawner.credits_db_url,
-                                 authenticator.config.CreditsSpawner.catalog_path)
-        ledger = context.ledger
-        expires_at = (ledger.clock() + timedelta(days=expires_in_days)
-                      if expires_in_days else None)
-        await asyncio.to_thread(ledger.grant, name, units, key=f"signup:{name}", reason=reason,
-                                actor="system:signup", expires_at=expires_at,
-                                fingerprint={"op": "signup", "user": name})
+        try:
+            context = shared_context(authenticator.config.CreditsSpawner.credits_db_url,
+                                     authenticator.config.CreditsSpawner.catalog_path)
+            outcomes = await asyncio.to_thread(record_login, context, name)
+        except Exception:  # noqa: BLE001 - earning must never block a login
+            authenticator.log.exception("credits: could not record %s's login", name)
+            return authentication
+        earned = [f"{o['rule']} {o['points']}" for o in outcomes if o["outcome"] == "earned"]
+        if earned:
+            authenticator.log.info("credits: %s earned %s at login", name, ", ".join(earned))
         return authentication
 
-    return grant_on_first_login
+    return record_on_login
+
+
+def signup_grant_hook(amount: str | None = None, *, expires_in_days: float | None = None,
+                      reason: str = "signup bonus"):
+    """Deprecated alias of ``earning_hook()``, kept for existing configurations.
+
+    The signup bonus is now the catalog's ``earning.rules.signup`` rule (its
+    ``points`` and ``expires_after_days``), and each login also records the
+    daily login; ``amount``, ``expires_in_days`` and ``reason`` are ignored.
+    """
+    return earning_hook()

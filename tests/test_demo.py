@@ -65,12 +65,13 @@ def test_demo_logins_signup_credits_and_a_cpu_session(demo):
 
         browser, response = log_in(url, "newbie")
         assert response.ok and response.url.endswith("/hub/spawn")
-        assert ledger.balance("newbie").available == 75_000  # the signup grant
-        log_in(url, "newbie")  # a second login earns no second bonus
-        assert ledger.balance("newbie").available == 75_000
+        # The signup bonus (75) and today's login (1), earned through the catalog's rules.
+        assert ledger.balance("newbie").available == 76_000
+        log_in(url, "newbie")  # a second login earns no second bonus, nor a second daily login
+        assert ledger.balance("newbie").available == 76_000
 
         form = browser.get(f"{url}/hub/spawn").content.decode()
-        assert "<strong>75.00</strong> credits available" in form
+        assert "<strong>76.00</strong> credits available" in form
         started = browser.post(f"{url}/hub/spawn", data={
             "_xsrf": browser.cookies.get("_xsrf", path="/hub/"), "image": "tf-2.21-cpu",
             "gpu_type": "none", "gpus": "0", "hours": "1"})

@@ -27,10 +27,12 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
+from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Enum, Float, Unicode, default
 from traitlets.config import Application
 
 from ..catalog import load_catalog
+from ..earning import EarningService, earning_rules
 from ..ledger import Ledger
 from ..ledger.core import utcnow
 from ..sessions.allocator import LocalGpuAllocator
@@ -134,6 +136,10 @@ class CreditsService(Application):
     gpu_host = Unicode("local", config=True,
                        help="The host name the local allocator records assignments under.")
 
+    settle_interval = Float(60, config=True, help="""Seconds between two passes that make
+        the ledger transfers of earned events that have none yet (after a crash between
+        storing an event and earning it); 0 switches them off.""")
+
     run_meter = Bool(True, config=True, help="""Run the meter (billing, warnings, expiry,
         reconciliation) in this process. Run it in exactly one service process.""")
 
@@ -164,7 +170,8 @@ class CreditsService(Application):
         store = SessionStore(ledger)
         hub = HubClient(self.hub_api_url, self.api_token, timeout=self.hub_timeout)
         context = ServiceContext(ledger=ledger, store=store, catalog=catalog, hub=hub,
-                                 clock=clock, allocator=self.make_allocator(catalog, ledger))
+                                 clock=clock, allocator=self.make_allocator(catalog, ledger),
+                                 earning=EarningService(ledger, earning_rules(catalog)))
         if self.run_meter:
             context.meter = Meter(parent=self, store=store, hub=hub, catalog=catalog,
                                   clock=clock, lock=context.lock)
@@ -207,15 +214,33 @@ class CreditsService(Application):
         self.log.info("credits service listening on %s%s", self.service_url, self.service_prefix)
         if context.meter is not None:
             context.meter.start()
+        settler = None
+        if self.settle_interval > 0 and context.earning is not None:
+            settler = PeriodicCallback(lambda: self.settle_earnings(context),
+                                       self.settle_interval * 1000)
+            settler.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         await stopping.wait()
         self.log.info("credits service stopping")
+        if settler is not None:
+            settler.stop()
         if context.meter is not None:
             context.meter.stop()
         context.ledger.close()
+
+    async def settle_earnings(self, context: ServiceContext) -> int:
+        """Earn what stored events earned but were not yet paid for (idempotent)."""
+        try:
+            settled = await asyncio.to_thread(context.earning.settle_pending)
+        except Exception:  # noqa: BLE001 - the next pass tries again
+            self.log.exception("credits: settling pending earnings failed")
+            return 0
+        if settled:
+            self.log.info("credits: settled %d pending earnings", settled)
+        return settled
 
     def start(self):
         asyncio.run(self.serve())

@@ -1,4 +1,4 @@
-"""What every part of the credits service shares: ledger, sessions, catalog, hub, meter."""
+"""What every part of the credits service shares: ledger, sessions, catalog, hub, earning, meter."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..catalog import Catalog
+from ..earning import EarningService
 from ..ledger import Ledger
 from ..sessions.allocator import LocalGpuAllocator
 from ..sessions.store import SessionStore
@@ -23,6 +24,8 @@ class ServiceContext:
     clock: Callable[[], datetime]
     #: This machine's GPU allocator (free counts); None where capacity is not known here.
     allocator: LocalGpuAllocator | None = None
+    #: Events → outcomes → earned credits (the catalog's earning rules).
+    earning: EarningService | None = None
     #: The meter (None when it is switched off, e.g. in a read-only replica).
     meter: object | None = None
     #: Serialises session changes (extend, auto-extend, expiry) within the service.

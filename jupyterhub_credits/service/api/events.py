@@ -1,0 +1,83 @@
+"""``POST /api/events``: a single-user server (or its user) reports activity that may earn.
+
+The body is a JSON list of events ``{"kind", "key", "time", "payload"}``; the
+answer is a list with one outcome per event, in order: ``{"key", "kind",
+"outcome": "earned"|"capped"|"duplicate"|"rejected", "points", "units", "rule",
+"reason"}`` (``points`` a decimal string of credits, a training run's
+efficiency bonus included; ``bonus`` details it).
+
+Who: the single-user server's own token (``JUPYTERHUB_API_TOKEN``: the hub's
+model for it is the server's *user*, with ``custom:credits:events!user=NAME``)
+or one of the user's own tokens. Events are always that caller's: nothing in
+the request names another user. Everything sent here is a claim by a process
+the user controls (source ``"server"``): events only the hub reports (login,
+signup, model_*) are rejected by the rules, and claims earn only while the
+user has a running session, within the daily bound.
+
+Refused as a whole: a body that is not JSON, or not a list (400); more than
+``MAX_BATCH`` events or a body over ``MAX_BODY_BYTES`` (413).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ...earning import MAX_BATCH, SERVER, EarningError
+from ..auth import EVENTS
+from .base import APIError, APIHandler
+
+#: The largest request body taken (bytes); a full batch of ordinary events fits easily.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def parse_batch(body: bytes) -> list:
+    """The request body as a list of (unchecked) events; APIError when it is not one."""
+    if len(body) > MAX_BODY_BYTES:
+        raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes; "
+                            f"send at most {MAX_BATCH} events at a time")
+    try:
+        batch = json.loads(body or b"")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise APIError(400, "the request body is not valid JSON: send a JSON list of events "
+                            '{"kind", "key", "time", "payload"}') from None
+    if not isinstance(batch, list):
+        raise APIError(400, "the request body must be a JSON list of events "
+                            '{"kind", "key", "time", "payload"}, not a JSON '
+                            f"{_json_type(batch)}")
+    if len(batch) > MAX_BATCH:
+        raise APIError(413, f"at most {MAX_BATCH} events at a time, got {len(batch)}")
+    return batch
+
+
+def _json_type(value) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+class EventsAPIHandler(APIHandler):
+    async def post(self):
+        model = self.require_user()
+        user = model["name"]
+        self.require(EVENTS, user=user, groups=model.get("groups") or ())
+        batch = parse_batch(self.request.body)
+        if not batch:
+            self.write_json([])
+            return
+        earning = self.credits.earning
+        if earning is None:
+            raise APIError(503, "earning is not available in this service process")
+        try:
+            answers = await self.run(earning.record, user, batch, source=SERVER)
+        except EarningError as error:
+            raise APIError(400, str(error)) from None
+        self.write_json(answers)
+
+
+default_handlers = [(r"/api/events", EventsAPIHandler)]

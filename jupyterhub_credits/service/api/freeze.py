@@ -1,0 +1,81 @@
+"""Admin: stop or resume a user's earning.
+
+``POST /api/accounts/{user}/freeze`` (optional body ``{"reason": "..."}``)
+freezes: every later event of that user is kept and rejected with "earning
+frozen". ``DELETE`` on the same path, or ``POST /api/accounts/{user}/unfreeze``,
+lifts it. ``GET`` says whether it is frozen. All need ``custom:credits:admin``.
+The answer is ``{"user", "frozen"}``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from ...earning import EarningError
+from ..auth import ADMIN
+from ..hub import HubUnavailable
+from .base import APIError, APIHandler
+
+MAX_REASON = 1000
+
+
+class FreezeAPIHandler(APIHandler):
+    async def get(self, name: str):
+        name = unquote(name)
+        self.require(ADMIN)
+        frozen = await self._call("is_frozen", name)
+        self.write_json({"user": name, "frozen": frozen})
+
+    async def post(self, name: str):
+        name = unquote(name)
+        model = self.require(ADMIN)
+        reason = self.json_body({"reason"}).get("reason") or ""
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise APIError(400, f'"reason" must be text of at most {MAX_REASON} characters')
+        await self._known_user(name)
+        await self._call("freeze", name, actor=_actor(model), reason=reason)
+        self.write_json({"user": name, "frozen": True, "reason": reason})
+
+    async def delete(self, name: str):
+        name = unquote(name)
+        model = self.require(ADMIN)
+        await self._call("unfreeze", name, actor=_actor(model))
+        self.write_json({"user": name, "frozen": False})
+
+    async def _known_user(self, name: str) -> None:
+        try:
+            hub_user = await self.credits.hub.user(name)
+        except HubUnavailable:
+            raise APIError(503, "the hub is not answering; try again shortly") from None
+        if hub_user is None:
+            raise APIError(404, f"no such user: {name}")
+
+    async def _call(self, method: str, *args, **kwargs):
+        earning = self.credits.earning
+        if earning is None:
+            raise APIError(503, "earning is not available in this service process")
+        try:
+            return await self.run(getattr(earning, method), *args, **kwargs)
+        except EarningError as error:
+            raise APIError(400, str(error)) from None
+
+
+class UnfreezeAPIHandler(FreezeAPIHandler):
+    async def get(self, name: str):
+        raise APIError(405, "POST here to lift a freeze")
+
+    async def post(self, name: str):
+        await FreezeAPIHandler.delete(self, name)
+
+    async def delete(self, name: str):
+        raise APIError(405, "POST here to lift a freeze")
+
+
+def _actor(model: dict) -> str:
+    return f"{model.get('kind', 'user')}:{model.get('name')}"
+
+
+default_handlers = [
+    (r"/api/accounts/([^/]+)/freeze", FreezeAPIHandler),
+    (r"/api/accounts/([^/]+)/unfreeze", UnfreezeAPIHandler),
+]

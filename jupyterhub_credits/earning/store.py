@@ -199,6 +199,22 @@ class EarningService:
         with database.read_transaction(self.engine) as conn:
             return [_event_record(row) for row in conn.execute(query)]
 
+    def gpu_minutes(self, user: str, since: datetime) -> list[tuple[datetime, float]]:
+        """The user's stored GPU samples for minutes from ``since`` on: (minute, mean util %).
+
+        One pair per stored ``gpu_utilization`` event (any of the user's servers),
+        oldest first; a minute two servers reported appears twice. Read through
+        the (user, received_at) index: a minute's sample arrives after it starts.
+        """
+        query = (select(events.c.payload)
+                 .where(events.c.user == _user(user), events.c.kind == GPU_UTILIZATION,
+                        events.c.outcome == EARNED, events.c.received_at >= since)
+                 .order_by(events.c.id))
+        with database.read_transaction(self.engine) as conn:
+            samples = [_sample(payload) for (payload,) in conn.execute(query)]
+        return sorted((sample.minute, sample.utilization) for sample in samples
+                      if sample is not None and sample.minute >= since)
+
     def leaderboard(self, since: datetime | None = None, limit: int = 10) -> list[dict]:
         """Top earners since ``since``: user and credits earned (signup bonus and reversed earnings
         left out), nothing else."""

@@ -20,7 +20,13 @@ client, small pure helpers for every decision. Each tick:
    ``billed_until``; servers running with no open session are stopped;
    GPUs of ended sessions whose server is gone are released. A mismatch must
    be seen twice, ``reconcile_grace`` apart, before anything is done about it,
-   so a start or stop in flight is never mistaken for one.
+   so a start or stop in flight is never mistaken for one;
+6. idle GPUs (off unless ``idle_gpu_timeout`` is set), about once a minute: a
+   running GPU session whose user's stored ``gpu_utilization`` samples cover
+   the last ``idle_gpu_timeout`` seconds (at least ``IDLE_COVERAGE`` of its
+   minutes) and show every minute below ``idle_gpu_threshold`` % is settled
+   now with reason ``gpu_idle`` (what it did not use is voided, i.e. refunded)
+   and its server stopped like an expired one. Missing samples never stop anything.
 
 Time comes from an injected clock (the ledger's, or a test's fake one).
 """
@@ -28,6 +34,7 @@ Time comes from an injected clock (the ledger's, or a test's fake one).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -39,12 +46,18 @@ from traitlets import Bool, Float, Int, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..catalog import InvalidHours, effective_quotas, minimum_hours, parse_hours
+from ..earning import EarningService
 from ..ledger import LedgerError
 from ..sessions.store import Session, SessionError, SessionSummary
 from .extension import decide_extension
 from .hub import HubUnavailable, ServerState, servers_of
 
 METER_ACTOR = "system:meter"
+#: The share of an idle window's minutes that must have GPU samples before the
+#: meter believes the GPUs idle (fewer: unknown, so the server is left alone).
+IDLE_COVERAGE = 0.8
+#: Seconds between idle-GPU checks (samples come once a minute).
+IDLE_CHECK_EVERY = 60.0
 
 # --- pure helpers ---------------------------------------------------------------------------
 
@@ -92,6 +105,28 @@ def format_seconds(seconds: float) -> str:
 
 def server_label(user: str, server_name: str) -> str:
     return f"{user}/{server_name}" if server_name else user
+
+
+def gpus_idle(samples: Iterable[tuple[datetime, float]], *, now: datetime, timeout: float,
+              threshold: float, coverage: float = IDLE_COVERAGE) -> bool:
+    """Did the GPUs stay idle for the last ``timeout`` seconds, as far as samples show?
+
+    ``samples`` are (minute, mean utilisation %) pairs. Only minutes starting
+    within ``[now - timeout, now)`` count. True only if at least ``coverage`` of
+    the window's whole minutes have a sample and every sampled minute is below
+    ``threshold``; a minute sampled more than once (the user's other servers
+    report too) counts by its busiest sample, so an idle verdict is never drawn
+    from another server's quiet GPUs while this one's are busy.
+    """
+    if timeout <= 0:
+        return False
+    start = now - timedelta(seconds=timeout)
+    busiest: dict[datetime, float] = {}
+    for minute, utilization in samples:
+        if start <= minute < now:
+            busiest[minute] = max(utilization, busiest.get(minute, utilization))
+    needed = math.ceil(coverage * max(int(timeout // 60), 1))
+    return len(busiest) >= needed and all(u < threshold for u in busiest.values())
 
 
 @dataclass(frozen=True)
@@ -168,6 +203,7 @@ class PendingStop:
     server_name: str
     since: datetime
     attempts: int = 0
+    why: str = "its paid time ended"
 
 
 @dataclass
@@ -180,6 +216,7 @@ class TickReport:
     warned: list[str] = field(default_factory=list)
     extended: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    idle: list[str] = field(default_factory=list)  # stopped: GPUs idle too long
     db_seconds: float = 0.0
     seconds: float = 0.0
 
@@ -272,8 +309,41 @@ class Meter(LoggingConfigurable):
         so such a server runs unpaid.""",
     )
 
+    idle_gpu_timeout = Float(
+        0,
+        config=True,
+        help="""Stop a running GPU server whose GPUs stayed idle this many seconds (0, the
+        default: never). Idle means every minute of the window sampled by the server's GPU
+        sampler (gpu_utilization events) had a mean utilisation below idle_gpu_threshold,
+        and samples cover at least 80% of the window's minutes: without samples nothing is
+        stopped. The session is settled at that moment (reason "gpu_idle"), so the unused
+        part of its hold is refunded. At least 60 when set; checked about once a minute.""",
+    )
+
+    @validate("idle_gpu_timeout")
+    def _check_idle_gpu_timeout(self, proposal):
+        value = proposal.value
+        if value != 0 and not value >= 60:
+            raise ValueError("Meter.idle_gpu_timeout must be 0 (off) or at least 60 seconds "
+                             f"(GPU samples are per minute), not {value}")
+        return value
+
+    idle_gpu_threshold = Float(
+        5,
+        config=True,
+        help="""Mean GPU utilisation (percent, over the server's GPUs) below which a sampled
+        minute counts as idle for idle_gpu_timeout.""",
+    )
+
+    @validate("idle_gpu_threshold")
+    def _check_idle_gpu_threshold(self, proposal):
+        if not 0 <= proposal.value <= 100:
+            raise ValueError("Meter.idle_gpu_threshold is a percentage (0 to 100), "
+                             f"not {proposal.value}")
+        return proposal.value
+
     def __init__(self, *, store, hub, catalog, clock: Callable[[], datetime] | None = None,
-                 lock: asyncio.Lock | None = None, **kwargs):
+                 lock: asyncio.Lock | None = None, earning=None, **kwargs):
         super().__init__(**kwargs)
         self.store = store
         self.ledger = store.ledger
@@ -287,6 +357,9 @@ class Meter(LoggingConfigurable):
         #: The meter's last word per session key (shown in /api/me as "notice").
         self.notices: dict[str, str] = {}
         self.next_reconcile: datetime | None = None  # None: at the next tick
+        #: Reads GPU samples for idle_gpu_timeout (an EarningService; made when first needed).
+        self.earning = earning
+        self.next_idle_check: datetime | None = None  # None: at the next tick
         self.last: TickReport = TickReport()
         self._extend_retry_at: dict[str, datetime] = {}
         self._busy = False
@@ -359,6 +432,15 @@ class Meter(LoggingConfigurable):
                         session = extended
                 if await self._warn(session, now):
                     report.warned.append(session.key)
+        if self.idle_gpu_timeout > 0 and (self.next_idle_check is None
+                                          or now >= self.next_idle_check):
+            self.next_idle_check = now + timedelta(seconds=IDLE_CHECK_EVERY)
+            idle = await self._idle_sessions(now, skip={s.key for s in expired})
+            async with self.lock:
+                for session in idle:
+                    if await self._stop_idle(session, now):
+                        expired.append(session)
+                        report.idle.append(session.key)
         # Stops go out together and outside the lock: the hub may take seconds to answer.
         await asyncio.gather(*(self._request_stop(self.stopping[s.key], first=True)
                                for s in expired if s.key in self.stopping))
@@ -432,21 +514,79 @@ class Meter(LoggingConfigurable):
 
     async def _expire(self, session: Session) -> bool:
         """Settle at ``paid_until`` (GPUs stay assigned) and queue the server's stop."""
+        return await self._settle_and_stop(
+            session, reason="expired", end=session.paid_until, why="its paid time ended",
+            notice="Paid time ended: the server is being stopped.")
+
+    async def _settle_and_stop(self, session: Session, *, reason: str, end: datetime,
+                               why: str, notice: str) -> bool:
+        """Settle at ``end`` (GPUs stay assigned until the process is gone), queue the stop.
+
+        False if settling failed, or if someone else (the spawner, an earlier
+        settlement) ended the session first: its server is no business of ours then.
+        """
         try:
             settled = await asyncio.to_thread(
-                self.store.settle, session.key, reason="expired", end=session.paid_until,
+                self.store.settle, session.key, reason=reason, end=end,
                 actor=METER_ACTOR, release_gpus=False)
         except Exception:  # noqa: BLE001 - next tick (or reconciliation) tries again
-            self.log.exception("credits: settling expired session %s failed", session.key)
+            self.log.exception("credits: settling session %s (%s) failed", session.key, reason)
             return False
-        self.log.info("credits: %s paid time ended at %s; settled (charged %s units of %s "
-                      "held); stopping its server", server_label(session.user,
-                                                                session.server_name),
-                      session.paid_until.isoformat(), settled.charged, settled.held)
-        self.notices[session.key] = "Paid time ended: the server is being stopped."
+        if settled.end_reason != reason:
+            self.log.info("credits: session %s was already ended (%s)", session.key,
+                          settled.end_reason)
+            return False
+        self.log.info("credits: %s: %s (at %s); settled (charged %s units of %s held, the "
+                      "rest refunded); stopping its server",
+                      server_label(session.user, session.server_name), why,
+                      settled.ended_at.isoformat(), settled.charged, settled.held)
+        self.notices[session.key] = notice
         self.stopping[session.key] = PendingStop(session.key, session.user,
-                                                 session.server_name, self.clock())
+                                                 session.server_name, self.clock(), why=why)
         return True
+
+    # --- idle GPUs --------------------------------------------------------------------------
+
+    async def _idle_sessions(self, now: datetime, skip: Iterable[str] = ()) -> list[Session]:
+        """Running GPU sessions, ready for at least the timeout, whose GPUs stayed idle.
+
+        Reads only (no lock): one query for the open sessions, one per user
+        with candidates for the samples. A failure stops nothing.
+        """
+        timeout = timedelta(seconds=self.idle_gpu_timeout)
+        skipped = set(skip) | set(self.stopping)
+        try:
+            candidates = [s for s in await asyncio.to_thread(self.store.open_sessions)
+                          if s.state == "running" and s.gpus > 0 and s.ready_at is not None
+                          and s.ready_at <= now - timeout and s.key not in skipped]
+            if not candidates:
+                return []
+            if self.earning is None:
+                self.earning = EarningService(self.ledger)
+            samples = {}
+            for user in {s.user for s in candidates}:
+                samples[user] = await asyncio.to_thread(self.earning.gpu_minutes, user,
+                                                        now - timeout)
+        except Exception:  # noqa: BLE001 - leave everything running; next check tries again
+            self.log.exception("credits: idle GPU check failed")
+            return []
+        return [session for session in candidates
+                if gpus_idle(samples[session.user], now=now, timeout=self.idle_gpu_timeout,
+                             threshold=self.idle_gpu_threshold)]
+
+    async def _stop_idle(self, session: Session, now: datetime) -> bool:
+        """Settle an idle session at ``now`` (the rest of its hold is voided) and queue its stop.
+
+        Called under ``self.lock``; settling only ends a session still open, so one
+        the user or the spawner ended meanwhile is left alone.
+        """
+        idle_for = format_seconds(self.idle_gpu_timeout)
+        return await self._settle_and_stop(
+            session, reason="gpu_idle", end=now,
+            why=f"its GPUs stayed idle (below {self.idle_gpu_threshold:g}% utilisation) "
+                f"for {idle_for}",
+            notice=f"GPUs idle for {idle_for}: the server is being stopped and the unused "
+                   "credits refunded.")
 
     async def _request_stop(self, stop: PendingStop, *, first: bool) -> None:
         where = server_label(stop.user, stop.server_name)
@@ -476,8 +616,8 @@ class Meter(LoggingConfigurable):
 
     def _stopped(self, stop: PendingStop, how: str) -> None:
         self.stopping.pop(stop.key, None)
-        self.log.info("credits: %s %s after its paid time ended (%.1f s after the decision)",
-                      server_label(stop.user, stop.server_name), how,
+        self.log.info("credits: %s %s after %s (%.1f s after the decision)",
+                      server_label(stop.user, stop.server_name), how, stop.why,
                       (self.clock() - stop.since).total_seconds())
 
     # --- reconciliation ---------------------------------------------------------------------
@@ -562,4 +702,4 @@ def _available(ledger, account: str) -> int:
 
 
 __all__ = ["Meter", "ReconcilePlan", "Sighting", "TickReport", "due_warnings", "format_seconds",
-           "is_expired", "plan_reconciliation", "seconds_left", "wants_auto_extend"]
+           "gpus_idle", "is_expired", "plan_reconciliation", "seconds_left", "wants_auto_extend"]

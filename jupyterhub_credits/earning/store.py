@@ -335,7 +335,9 @@ class EarningService:
         samples: tuple[GpuSample, ...] = ()
         runs = [event.data["duration_s"] for event in parsed
                 if event.kind == "training_run" and "duration_s" in event.data]
-        if runs:
+        bonus = self.rules.rules.get("efficiency_bonus")
+        # The samples only matter to the efficiency bonus: not read when it is off.
+        if runs and bonus is not None and bonus.enabled:
             window = timedelta(seconds=min(max(runs), 86400)) + timedelta(minutes=10)
             samples = tuple(filter(None, (
                 _sample(payload) for (payload,) in conn.execute(

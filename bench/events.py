@@ -26,10 +26,8 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -42,7 +40,14 @@ sys.path.insert(0, str(ROOT))
 import aiohttp
 import psutil
 import yaml
-from benchdb import DEFAULT_PG_ADMIN_URL, log, postgres_database
+from benchdb import (
+    DEFAULT_PG_ADMIN_URL,
+    WaitSampler,
+    log,
+    percentiles,
+    postgres_database,
+    wait_for_quiet,
+)
 from sqlalchemy import create_engine, func, select, text
 
 from jupyterhub_credits.catalog import load_catalog
@@ -166,41 +171,6 @@ class CpuMeter:
                               for role, seconds in used.most_common() if seconds > 0.005},
                "machine_idle_share": round(max(0.0, idle), 3), "cores": cores}
         return out
-
-
-class WaitSampler(threading.Thread):
-    """What our database's backends are doing, on average (pg_stat_activity every 0.1 s)."""
-
-    def __init__(self, admin_url: str, database: str, interval: float = 0.1):
-        super().__init__(daemon=True)
-        self.engine = create_engine(ledger_database.normalize_url(admin_url),
-                                    isolation_level="AUTOCOMMIT")
-        self.database, self.interval = database, interval
-        self.stop = threading.Event()
-        self.samples = 0
-        self.counts: Counter = Counter()
-
-    def run(self):
-        query = text("SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
-                     "WHERE datname = :db AND pid <> pg_backend_pid() AND backend_type = "
-                     "'client backend'")
-        with self.engine.connect() as conn:
-            while not self.stop.is_set():
-                for state, kind, name in conn.execute(query, {"db": self.database}):
-                    label = state if not kind else f"{state}: {kind}/{name}"
-                    self.counts[label] += 1
-                self.samples += 1
-                self.stop.wait(self.interval)
-        self.engine.dispose()
-
-    def result(self) -> dict:
-        self.stop.set()
-        self.join()
-        return {label: round(n / max(1, self.samples), 2)
-                for label, n in self.counts.most_common(8)}
-
-
-# --- the load -------------------------------------------------------------------------
 
 
 def now_iso() -> str:
@@ -357,18 +327,6 @@ async def client(number: int, url: str, user: str, token: str, batch: int, stop_
                 acked.append(body)
 
 
-def percentiles(samples: list[float]) -> dict:
-    if not samples:
-        return {}
-    ordered = sorted(samples)
-
-    def at(q: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50_ms": round(1000 * statistics.median(ordered), 2), "p90_ms": at(0.90),
-            "p99_ms": at(0.99), "max_ms": round(1000 * ordered[-1], 2), "n": len(ordered)}
-
-
 def stored_rows(engine) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(events_table)).scalar()
@@ -380,7 +338,7 @@ def run_phase(url: str, target: str, mode: str, clients: int, batch: int, durati
     size = batch if mode == "batch" else 1
     label = f"{target[0]}{mode[0]}{clients}"
     phase = Phase()
-    sampler = WaitSampler(admin_url, database)
+    sampler = WaitSampler(admin_url, database, interval=0.1)
     sampler.start()
     before = cpu.snapshot()
     started = time.monotonic()
@@ -410,20 +368,6 @@ def run_phase(url: str, target: str, mode: str, clients: int, batch: int, durati
                                   / max(1, phase.events_stored + phase.events_resent), 3),
         "db_backends_by_state": waits,
     }
-
-
-def wait_for_quiet(max_wait: float, busy_below: float = 0.15) -> float | None:
-    """On a shared machine: wait (up to ``max_wait`` s) until it is nearly idle; the busy
-    share of the last second looked at (None when not asked to wait)."""
-    if max_wait <= 0:
-        return None
-    deadline = time.monotonic() + max_wait
-    while True:
-        psutil.cpu_percent(None)
-        time.sleep(1.0)
-        share = psutil.cpu_percent(None) / 100
-        if share < busy_below or time.monotonic() > deadline:
-            return round(share, 3)
 
 
 def in_process(db_url: str, catalog_path: Path, users: list[str], duration: float, batch: int,

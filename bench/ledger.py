@@ -43,7 +43,16 @@ import sqlalchemy
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from benchdb import DEFAULT_PG_ADMIN_URL, log, postgres_database, sqlite_database  # noqa: E402
+from benchdb import (  # noqa: E402
+    DEFAULT_PG_ADMIN_URL,
+    WaitSampler,
+    log,
+    machine_cpu,
+    percentiles,
+    postgres_database,
+    sqlite_database,
+    wait_for_quiet,
+)
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger import database as ledger_database
 from jupyterhub_credits.ledger.verify import verify
@@ -204,74 +213,6 @@ def _postgres_cpu(database: str | None) -> dict[str, float]:
     return out
 
 
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])
-    return (total - idle) / ticks, total / ticks
-
-
-def wait_for_quiet(max_wait: float, busy_below: float = 0.15) -> float | None:
-    """On a shared machine: wait (up to ``max_wait`` s) until it is nearly idle; the busy
-    share of the last second looked at (None when not asked to wait)."""
-    if max_wait <= 0:
-        return None
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy0, total0 = _machine_cpu()
-        time.sleep(1.0)
-        busy1, total1 = _machine_cpu()
-        share = (busy1 - busy0) / max(1e-9, total1 - total0)
-        if share < busy_below or time.monotonic() > deadline:
-            return round(share, 3)
-
-
-class WaitSampler(threading.Thread):
-    """Samples pg_stat_activity for our database: what the backends are doing, on average."""
-
-    def __init__(self, admin_url: str, database: str, interval: float = 0.05):
-        super().__init__(daemon=True)
-        self.engine = create_engine(ledger_database.normalize_url(admin_url),
-                                    isolation_level="AUTOCOMMIT")
-        self.database, self.interval = database, interval
-        self.stop = threading.Event()
-        self.samples = 0
-        self.counts: Counter = Counter()
-
-    def run(self):
-        query = text("SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
-                     "WHERE datname = :db AND pid <> pg_backend_pid()")
-        with self.engine.connect() as conn:
-            while not self.stop.is_set():
-                for state, kind, name in conn.execute(query, {"db": self.database}):
-                    label = state if not kind else f"{state}: {kind}/{name}"
-                    self.counts[label] += 1
-                self.samples += 1
-                self.stop.wait(self.interval)
-        self.engine.dispose()
-
-    def result(self) -> dict:
-        self.stop.set()
-        self.join()
-        return {label: round(n / max(1, self.samples), 2)
-                for label, n in self.counts.most_common(8)}
-
-
-def _percentiles(samples: list[float]) -> dict:
-    if not samples:
-        return {"count": 0}
-    ordered = sorted(samples)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-    return {"count": len(ordered), "p50_ms": at(0.50), "p99_ms": at(0.99),
-            "max_ms": round(ordered[-1] * 1000, 2)}
-
-
 def measure(url: str, scenario: str, label: str, processes: int, threads: int, duration: float,
             warmup: int, engine_kwargs: dict | None = None, variant: str = "as_is",
             admin_url: str | None = None) -> dict:
@@ -294,9 +235,9 @@ def measure(url: str, scenario: str, label: str, processes: int, threads: int, d
     start.wait(timeout=60)
     if sampler:
         sampler.start()
-    wall0, pg0, machine0 = time.perf_counter(), _postgres_cpu(database), _machine_cpu()
+    wall0, pg0, machine0 = time.perf_counter(), _postgres_cpu(database), machine_cpu()
     reports = [results.get(timeout=duration + 300) for _ in procs]
-    wall, pg1, machine1 = time.perf_counter() - wall0, _postgres_cpu(database), _machine_cpu()
+    wall, pg1, machine1 = time.perf_counter() - wall0, _postgres_cpu(database), machine_cpu()
     waits = sampler.result() if sampler else None
     finish.wait(timeout=60)
     for proc in procs:
@@ -333,8 +274,8 @@ def measure(url: str, scenario: str, label: str, processes: int, threads: int, d
         all_ops = [s for op in ("hold", "post") for s in latencies[op]]
     else:
         all_ops = [s for op in ("grant", "deduct") for s in latencies[op]]
-    result["latency"] = {op: _percentiles(s) for op, s in sorted(latencies.items())}
-    result["latency"]["any"] = _percentiles(all_ops)
+    result["latency"] = {op: percentiles(s) for op, s in sorted(latencies.items())}
+    result["latency"]["any"] = percentiles(all_ops)
     result["errors"] = dict(errors)
     result["retried_transactions"] = sum(r["retries"] for r in reports)
     # Where the machine's CPU went during the run (shares of cores x wall time).
@@ -449,7 +390,7 @@ def deduct_with_live_lots(url: str, lot_counts: list[int], samples: int) -> dict
                 began = time.perf_counter()
                 ledger.deduct(name, AMOUNT, key=f"{name}-d{i}", reason="b", actor="b")
                 times.append(time.perf_counter() - began)
-            out[str(lots)] = _percentiles(times)
+            out[str(lots)] = percentiles(times)
         report = verify(ledger.engine)
         assert report.ok, report.to_dict()
     finally:

@@ -45,7 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert, select, text, update  # noqa: E402
 
-from benchdb import DEFAULT_PG_ADMIN_URL, log, postgres_database, sqlite_database  # noqa: E402
+from benchdb import (  # noqa: E402
+    DEFAULT_PG_ADMIN_URL,
+    log,
+    percentiles,
+    postgres_database,
+    sqlite_database,
+)
 from jupyterhub_credits.ledger import Ledger  # noqa: E402
 from jupyterhub_credits.ledger.schema import transfers  # noqa: E402
 from jupyterhub_credits.service.meter import Meter  # noqa: E402
@@ -90,14 +96,6 @@ def bulk_sessions(engine, count: int, now: datetime) -> None:
             conn.execute(text("ANALYZE credits_sessions"))
         else:
             conn.execute(text("ANALYZE"))
-
-
-def percentiles(samples: list[float]) -> dict:
-    ordered = sorted(samples)
-    def at(q):
-        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
-            "p99_ms": round(at(0.99) * 1000, 2), "max_ms": round(ordered[-1] * 1000, 2)}
 
 
 def set_fillfactor(engine, percent: int) -> None:

@@ -24,33 +24,12 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyterhub.spawner import Spawner  # noqa: E402
-from benchdb import DEFAULT_PG_ADMIN_URL, postgres_database  # noqa: E402
+from benchdb import DEFAULT_PG_ADMIN_URL, percentiles, postgres_database  # noqa: E402
 
 from jupyterhub_credits.ledger import Ledger  # noqa: E402
 from jupyterhub_credits.spawner.context import reset_contexts  # noqa: E402
 from jupyterhub_credits.spawner.local import LocalGpuMixin  # noqa: E402
-
-
-
-class InstantSpawner(Spawner):
-    """A server that is up the moment it is asked for (no process at all)."""
-
-    running = False
-
-    async def start(self):
-        self.running = True
-        return ("127.0.0.1", 1)
-
-    async def poll(self):
-        return None if self.running else 0
-
-    async def stop(self, now=False):
-        self.running = False
-
-
-class CreditsInstantSpawner(LocalGpuMixin, InstantSpawner):
-    pass
+from tests.spawners import CreditsInstantSpawner, InstantSpawner  # noqa: E402
 
 
 def make(cls, user: str, options: dict, db_url: str):
@@ -79,10 +58,7 @@ async def cycle(cls, user, options, db_url) -> tuple[float, float]:
 
 
 def summary(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {"p50_ms": round(1000 * statistics.median(ordered), 3),
-            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
-            "mean_ms": round(1000 * statistics.fmean(ordered), 3)}
+    return {**percentiles(values), "mean_ms": round(1000 * statistics.fmean(values), 3)}
 
 
 async def measure(db_url: str, spawns: int) -> dict:

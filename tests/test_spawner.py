@@ -13,35 +13,17 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from jupyterhub.objects import Hub
-from jupyterhub.spawner import SpawnException, Spawner
+from jupyterhub.spawner import SpawnException
 
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.sessions.allocator import CapacityError, LocalGpuAllocator
 from jupyterhub_credits.sessions.inventory import LocalGpu
 from jupyterhub_credits.sessions.store import SessionStore
 from jupyterhub_credits.spawner.context import reset_contexts
-from jupyterhub_credits.spawner.local import LocalGpuMixin
 from tests.hub import CATALOG
+from tests.spawners import CreditsInstantSpawner
 
 A100_HOUR = 15_000
-
-
-class InstantSpawner(Spawner):
-    running = False
-
-    async def start(self):
-        self.running = True
-        return ("127.0.0.1", 1)
-
-    async def poll(self):
-        return None if self.running else 0
-
-    async def stop(self, now=False):
-        self.running = False
-
-
-class CreditsInstantSpawner(LocalGpuMixin, InstantSpawner):
-    pass
 
 
 @pytest.fixture

@@ -154,10 +154,6 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
     c.Spawner.environment = environment
 
 
-#: The ledger key of the signup grant made before earning rules existed (see earning_hook).
-LEGACY_SIGNUP_KEY = "signup:{user}"
-
-
 def login_events(now) -> list[dict]:
     """The events the hub records at a login: the signup bonus (once ever) and the daily login."""
     from datetime import timezone
@@ -186,21 +182,10 @@ def record_login(context, user: str) -> list[dict]:
     """Record ``user``'s login through the earning rules (source "hub": trusted); the outcomes.
 
     The signup event earns the ``signup`` rule once per user, ever; the daily
-    login earns ``daily_login`` once per UTC day (keyed ``login:<date>``). A user
-    who got the signup grant of the earlier ``signup:<user>`` ledger key is not
-    granted it twice.
+    login earns ``daily_login`` once per UTC day (keyed ``login:<date>``).
     """
-    from .ledger import LedgerError
-
     service = earning_service(context)
-    events = login_events(service.clock())
-    try:
-        context.ledger.get_transfer(LEGACY_SIGNUP_KEY.format(user=user))
-    except LedgerError:
-        pass
-    else:
-        events = [event for event in events if event["kind"] != "signup"]
-    return service.record(user, events, source="hub")
+    return service.record(user, login_events(service.clock()), source="hub")
 
 
 def earning_hook():
@@ -233,14 +218,3 @@ def earning_hook():
         return authentication
 
     return record_on_login
-
-
-def signup_grant_hook(amount: str | None = None, *, expires_in_days: float | None = None,
-                      reason: str = "signup bonus"):
-    """Deprecated alias of ``earning_hook()``, kept for existing configurations.
-
-    The signup bonus is now the catalog's ``earning.rules.signup`` rule (its
-    ``points`` and ``expires_after_days``), and each login also records the
-    daily login; ``amount``, ``expires_in_days`` and ``reason`` are ignored.
-    """
-    return earning_hook()

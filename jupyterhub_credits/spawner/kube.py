@@ -31,7 +31,6 @@ grants. Without it the spawner logs a warning and capacity is "unknown"
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
 import json
 import sys
@@ -59,11 +58,6 @@ IMAGE_ANNOTATION = "jupyterhub-credits/image"
 
 #: Pod phases that no longer hold resources.
 _TERMINATED_PHASES = ("Succeeded", "Failed")
-
-#: True while ``poll()`` runs in this task: a pod deleted by KubeSpawner's poll
-#: (``delete_stopped_pods``) is a server that ended by itself, not a hub stop.
-_in_poll: contextvars.ContextVar[bool] = contextvars.ContextVar("credits_in_poll", default=False)
-
 
 def session_label(session_key: str) -> str:
     """The label value naming a session: its key without the ``session:`` prefix."""
@@ -554,23 +548,6 @@ class CreditsKubeSpawner(CreditsSpawner, KubeSpawner):
         except Exception:
             self.log.exception("credits: deleting the unschedulable pod of %s failed",
                                self._log_name)
-
-    # --- poll and stop ----------------------------------------------------------------
-
-    async def poll(self):
-        token = _in_poll.set(True)
-        try:
-            return await super().poll()
-        finally:
-            _in_poll.reset(token)
-
-    async def stop(self, now=False):
-        if _in_poll.get():
-            # KubeSpawner's poll deletes the pod of a server that ended by itself
-            # (delete_stopped_pods): settle it as gone, not as stopped by the hub.
-            await super(CreditsSpawner, self).stop(now=now)
-            return
-        await super().stop(now=now)
 
     def clear_state(self):
         super().clear_state()

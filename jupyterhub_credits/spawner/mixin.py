@@ -12,6 +12,7 @@ found by poll, a hub restart that finds the server gone).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from datetime import datetime, timezone
 
@@ -33,6 +34,9 @@ from ..ledger import LedgerError
 from ..sessions.store import SessionConflict
 from .context import CreditsContext, shared_context
 from .form import render_options_form, user_options_from_form
+
+#: Set while this spawner's poll() runs, to tell its own clean-up from a stop by the hub.
+_in_poll: contextvars.ContextVar[bool] = contextvars.ContextVar("credits_in_poll", default=False)
 
 # HTTP statuses of admission refusals, for the REST API.
 REFUSAL_STATUS = {"invalid": 400, "quota": 403, "balance": 402, "capacity": 503,
@@ -234,9 +238,19 @@ class CreditsSpawner(LoggingConfigurable):
 
     _stopped_by_hub = False
 
+    async def poll(self):
+        token = _in_poll.set(True)
+        try:
+            return await super().poll()
+        finally:
+            _in_poll.reset(token)
+
     async def stop(self, now=False):
         await super().stop(now=now)
-        self._stopped_by_hub = True
+        # A spawner's own poll may clean up a server that ended by itself (KubeSpawner
+        # deletes stopped pods): that is a server gone, not one the hub stopped.
+        if not _in_poll.get():
+            self._stopped_by_hub = True
 
     async def run_post_stop_hook(self):
         key = self.credits_session_key

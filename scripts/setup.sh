@@ -21,6 +21,12 @@ if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
   apt_install python3-venv
 fi
 
+# Browser tests drive Debian's Chromium through the playwright package (its own browser
+# download, `playwright install`, is never used).
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $("$PYTHON" --version)"
   "$PYTHON" -m venv .venv

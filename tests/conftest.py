@@ -16,6 +16,9 @@ from jupyterhub_credits.ledger import database as ledger_database
 from jupyterhub_credits.ledger.schema import accounts, hold_lots, holds, lot_movements, lots, transfers
 from jupyterhub_credits.sessions.schema import gpu_assignments, session_holds, sessions
 
+#: Fixtures for tests against a real hub, and for tests in a real browser.
+pytest_plugins = ["tests.realhub", "tests.browser"]
+
 PG_ADMIN_URL = os.environ.get(
     "JUPYTERHUB_CREDITS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

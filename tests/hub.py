@@ -3,6 +3,12 @@
 Each ``HubProcess`` gets its own directory, free ports and a ``tester`` service
 token with admin scopes to drive it through the REST API. Everything it starts
 is in one process group, so ``kill()`` is a real ``kill -9`` of the hub.
+
+It also opens the hub's credits database (``ledger``) so that tests can grant
+credits and see sessions: ``spawn`` starts a server as the REST API does,
+``running_server`` waits until it is ready and returns its session, and
+``stop_server`` stops it and waits until it is settled and its GPUs are free.
+The pytest fixtures around it (one hub per module) are in tests/realhub.py.
 """
 
 from __future__ import annotations
@@ -16,10 +22,16 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
+from functools import cached_property
 from pathlib import Path
 
 import requests
+from sqlalchemy import select
+
+from jupyterhub_credits.ledger import Ledger
+from jupyterhub_credits.sessions.schema import gpu_assignments, sessions
+from jupyterhub_credits.sessions.store import Session, SessionStore
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,18 +50,6 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def wait_for(predicate, *, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)  # polling interval, not synchronisation
-
-
 def _kill(pids) -> None:
     for pid in pids:
         try:
@@ -60,7 +60,10 @@ def _kill(pids) -> None:
 
 class HubProcess:
     def __init__(self, workdir: Path, *, db_url: str, local_gpus: str = "a100:0,a100:1,t4:2",
-                 meter_interval: float = 0.5, extra_config: str = "", catalog: Path = CATALOG):
+                 meter_interval: float = 0.5, extra_config: str = "", catalog: Path = CATALOG,
+                 logins_earn: bool = False):
+        """``logins_earn``: logins go through the earning rules as on the demo hub (signup
+        bonus, daily login); off by default so that a test's balance is what it granted."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_url = db_url
@@ -68,6 +71,7 @@ class HubProcess:
         self.meter_interval = meter_interval
         self.extra_config = extra_config
         self.catalog = catalog
+        self.logins_earn = logins_earn
         self.port, self.proxy_api_port, self.hub_port, self.service_port = free_ports(4)
         self.token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,6 +83,10 @@ class HubProcess:
 
     def config_text(self) -> str:
         allow_root = "c.Spawner.args = ['--ServerApp.allow_root=True']" if os.geteuid() == 0 else ""
+        earning = textwrap.dedent("""
+            from jupyterhub_credits.hubconfig import earning_hook
+            c.Authenticator.post_auth_hook = earning_hook()
+        """) if self.logins_earn else ""
         return textwrap.dedent(f"""
             from jupyterhub_credits.hubconfig import configure_credits
             c = get_config()
@@ -96,6 +104,7 @@ class HubProcess:
             c.Authenticator.allow_all = True
             c.Authenticator.admin_users = {{"admin"}}
             c.Spawner.cmd = [{str(BIN / "jupyterhub-singleuser")!r}]
+            c.Spawner.default_url = "/lab"  # as on the demo hub: people land in JupyterLab
             c.Spawner.http_timeout = 30
             c.Spawner.start_timeout = 60
             c.SimpleLocalProcessSpawner.home_dir_template = {str(self.workdir / "home" / "{username}")!r}
@@ -110,7 +119,7 @@ class HubProcess:
                            "read:users", "admin:groups", "tokens", "access:services",
                            "custom:credits:admin"],
             }})
-        """) + textwrap.dedent(self.extra_config)
+        """) + earning + textwrap.dedent(self.extra_config)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -151,6 +160,7 @@ class HubProcess:
         _kill(self.server_pids().values())
         _kill(self.service_pids())
         self.process = None
+        self.close_ledger()
 
     def kill(self) -> None:
         """``kill -9`` the hub, its proxy and its service: nothing gets to clean up."""
@@ -179,6 +189,13 @@ class HubProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def server_environment(self, user: str) -> dict[str, str]:
+        """The environment of ``user``'s single-user server process: its own token, its URLs."""
+        pid = wait_for(lambda: self.server_pids().get(user), what=f"{user}'s server pid")
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        pairs = (item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
+        return {key.decode(): value.decode() for key, value in pairs}
 
     def server_pids(self) -> dict[str, int]:
         """Single-user server processes by user, from the hub's own database (spawner state)."""
@@ -229,3 +246,72 @@ class HubProcess:
     def wait_gone(self, user: str, name: str = "", timeout: float = 60) -> None:
         wait_for(lambda: self.server(user, name) is None, timeout=timeout,
                  what=f"{user}'s server to stop")
+
+    # --- servers and credits ------------------------------------------------------------
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        """The hub's credits database, opened by the test (closed by ``stop``)."""
+        return Ledger.open(self.db_url)
+
+    @property
+    def sessions(self) -> SessionStore:
+        return SessionStore(self.ledger)
+
+    def close_ledger(self) -> None:
+        ledger = self.__dict__.pop("ledger", None)
+        if ledger is not None:
+            ledger.close()
+
+    def grant(self, user: str, credits: int, *, key: str | None = None) -> None:
+        """Give ``user`` whole credits; the same user and amount twice is one grant (same key)."""
+        self.ledger.grant(user, credits * 1000, key=key or f"test-grant:{user}:{credits}",
+                          reason="test", actor="test")
+
+    def spawn(self, user: str, name: str = "", **user_options) -> requests.Response:
+        """Ask for ``user``'s server with ``user_options``, as a REST client does."""
+        self.api("POST", f"/users/{user}")
+        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+        return self.api("POST", path, json={"user_options": user_options})
+
+    def running_server(self, user: str, name: str = "", **user_options) -> Session:
+        """Start ``user``'s server, wait until it is ready, and return its open session."""
+        response = self.spawn(user, name, **user_options)
+        assert response.status_code in (201, 202), response.text
+        self.wait_ready(user, name)
+        return self.sessions.open_session(user, name)
+
+    def stop_server(self, user: str, name: str = "", timeout: float = 60) -> Session | None:
+        """Stop ``user``'s server; wait until it is gone, settled and its GPUs are free.
+
+        Returns the ended session (None if there was none), so tests stay independent:
+        what one test held is back in the pool before the next one starts.
+        """
+        session = self.sessions.open_session(user, name)
+        if self.server(user, name) is not None:
+            response = self.api("DELETE", f"/users/{user}/servers/{name}" if name
+                                else f"/users/{user}/server")
+            assert response.status_code in (202, 204), response.text
+            self.wait_gone(user, name, timeout=timeout)
+        if session is None:
+            return None
+        ended = wait_for(lambda: (s := self.sessions.get(session.key)).state == "ended" and s,
+                         timeout=timeout, what=f"{user}'s session to be settled")
+        wait_for(lambda: not self.live_devices(session.id), timeout=timeout,
+                 what=f"{user}'s GPUs to be released")
+        return ended
+
+    def live_devices(self, session_id: int | None = None) -> set[str]:
+        """GPU devices assigned and not yet released (to one session, or to any)."""
+        query = select(gpu_assignments.c.device).where(gpu_assignments.c.released_at.is_(None))
+        if session_id is not None:
+            query = query.where(gpu_assignments.c.session_id == session_id)
+        with self.ledger.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def user_sessions(self, user: str) -> list[Session]:
+        """Every session of ``user``, open or ended, oldest first."""
+        with self.ledger.engine.connect() as conn:
+            keys = conn.execute(select(sessions.c.key).where(sessions.c.user == user)
+                                .order_by(sessions.c.id)).scalars().all()
+        return [self.sessions.get(key) for key in keys]

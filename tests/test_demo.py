@@ -12,7 +12,9 @@ import pytest
 import requests
 
 from jupyterhub_credits.ledger import Ledger
-from tests.hub import ROOT, free_ports, wait_for
+from tests.hub import ROOT, free_ports
+from tests.realhub import log_in
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -46,14 +48,6 @@ def demo(tmp_path_factory):
         process.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-
-
-def log_in(url, user, password="demo"):
-    browser = requests.Session()
-    browser.get(f"{url}/hub/login")
-    response = browser.post(f"{url}/hub/login", data={
-        "username": user, "password": password, "_xsrf": browser.cookies.get("_xsrf")})
-    return browser, response
 
 
 def test_demo_logins_signup_credits_and_a_cpu_session(demo):

@@ -9,15 +9,17 @@ import sys
 import textwrap
 
 import pytest
-import yaml
 
 from jupyterhub_credits.earning.store import EarningService
-from tests.hub import CATALOG, HubProcess, wait_for
-
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+from tests.waiting import wait_for
 
 #: Training runs count from 3 s here (300 s by default), so a test can run a real one.
 MIN_RUN_S = 3
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.hub(catalog={"earning": {
+    "rules": {"training_run": {"min_duration_s": MIN_RUN_S, "min_interval_s": 0}},
+    "session_grace_s": 0,  # a stopped session stops counting at once
+}})]
 
 TRAIN = textwrap.dedent("""
     import sys, time
@@ -41,60 +43,34 @@ TRAIN = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, module_postgres_url):
-    workdir = tmp_path_factory.mktemp("hub")
-    catalog = yaml.safe_load(CATALOG.read_text())
-    catalog["earning"]["rules"]["training_run"].update(min_duration_s=MIN_RUN_S, min_interval_s=0)
-    catalog["earning"]["session_grace_s"] = 0  # a stopped session stops counting at once
-    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    hub = HubProcess(workdir, db_url=module_postgres_url, catalog=workdir / "catalog.yaml")
-    hub.start()
-    yield hub
-    hub.stop()
-
-
-def server_environment(hub, user) -> dict:
-    """The single-user server's own environment: its token, its service address."""
-    pid = hub.server_pids()[user]
-    with open(f"/proc/{pid}/environ", "rb") as environ:
-        pairs = [item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item]
-    env = {key.decode(): value.decode() for key, value in pairs}
-    env["PATH"] = os.environ["PATH"]
-    return env
-
-
 def train(env, epochs, pause):
     return subprocess.run([sys.executable, "-c", TRAIN, str(epochs), str(pause)], env=env,
                           capture_output=True, text=True, timeout=180)
 
 
-def runs(module_ledger, user):
-    return [e for e in EarningService(module_ledger).history(user) if e["kind"] == "training_run"]
+def runs(ledger, user):
+    return [e for e in EarningService(ledger).history(user) if e["kind"] == "training_run"]
 
 
-def test_a_training_run_in_a_real_server_earns_once(hub, module_ledger):
-    module_ledger.grant("tina", 10_000, key="grant:tina", reason="test", actor="test")
-    hub.api("POST", "/users/tina")
-    response = hub.api("POST", "/users/tina/server", json={"user_options": {
-        "image": "tf-2.21-cpu", "gpu_type": "none", "gpus": 0, "hours": "1"}})
-    assert response.status_code in (201, 202), response.text
-    hub.wait_ready("tina")
-    env = server_environment(hub, "tina")
+def test_a_training_run_in_a_real_server_earns_once(hub, hub_ledger):
+    hub.grant("tina", 10)
+    hub.running_server("tina", image="tf-2.21-cpu", gpu_type="none", gpus=0, hours="1")
+    # The single-user server's own environment: its token, its service address.
+    env = {**hub.server_environment("tina"), "PATH": os.environ["PATH"]}
     assert env["JUPYTERHUB_CREDITS_API_URL"].endswith("/services/credits/api")
 
-    before = module_ledger.balance("tina").total
+    before = hub_ledger.balance("tina").total
     long_run = train(env, epochs=8, pause=(MIN_RUN_S + 1) / 8)
     assert long_run.returncode == 0, long_run.stderr[-3000:]
-    earned = wait_for(lambda: [r for r in runs(module_ledger, "tina")
+    earned = wait_for(lambda: [r for r in runs(hub_ledger, "tina")
                                if r["outcome"] == "earned"], what="the run to be recorded")
     assert len(earned) == 1 and earned[0]["payload"]["epochs"] == 8
-    assert module_ledger.balance("tina").total == before + earned[0]["units"] > before
+    assert hub_ledger.balance("tina").total == before + earned[0]["units"] > before
 
     # Too short: recorded, earns nothing.
     short_run = train(env, epochs=1, pause=0)
     assert short_run.returncode == 0, short_run.stderr[-3000:]
-    rejected = wait_for(lambda: [r for r in runs(module_ledger, "tina")
+    rejected = wait_for(lambda: [r for r in runs(hub_ledger, "tina")
                                  if r["outcome"] != "earned"], what="the short run")
     assert len(rejected) == 1 and rejected[0]["units"] == 0
 
@@ -104,12 +80,11 @@ def test_a_training_run_in_a_real_server_earns_once(hub, module_ledger):
         "payload": earned[0]["payload"]}])
     assert again.status_code == 200, again.text
     assert again.json()[0]["outcome"] == "duplicate"
-    assert module_ledger.balance("tina").total == before + earned[0]["units"]
+    assert hub_ledger.balance("tina").total == before + earned[0]["units"]
 
     # With no session running, a claim earns nothing.
     user_token = hub.user_token("tina")
-    hub.api("DELETE", "/users/tina/server")
-    hub.wait_gone("tina")
+    hub.stop_server("tina")
     late = hub.credits_api("POST", "/events", token=user_token, json=[{
         "kind": "training_run", "key": "after-the-session", "time": earned[0]["time"],
         "payload": earned[0]["payload"]}])

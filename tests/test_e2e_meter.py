@@ -9,57 +9,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import yaml
-from sqlalchemy import select
 
 from jupyterhub_credits.ledger.verify import verify
-from jupyterhub_credits.sessions.schema import gpu_assignments
-from jupyterhub_credits.sessions.store import SessionStore
-from tests.hub import CATALOG, HubProcess, wait_for
-
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+from tests.waiting import wait_for
 
 METER_INTERVAL = 0.5
 
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, module_postgres_url):
-    workdir = tmp_path_factory.mktemp("hub")
-    catalog = yaml.safe_load(CATALOG.read_text())
-    catalog["quotas"]["min_prepaid_minutes"] = "0.05"
-    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    hub = HubProcess(workdir, db_url=module_postgres_url, meter_interval=METER_INTERVAL,
-                     catalog=workdir / "catalog.yaml")
-    hub.start()
-    yield hub
-    hub.stop()
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.hub(
+    catalog={"quotas": {"min_prepaid_minutes": "0.05"}}, meter_interval=METER_INTERVAL)]
 
 
-@pytest.fixture(scope="module")
-def ledger(module_ledger):
-    return module_ledger
-
-
-def start(hub, ledger, user, credits, **options):
-    ledger.grant(user, credits * 1000, key=f"grant:{user}", reason="test", actor="test")
-    hub.api("POST", f"/users/{user}")
-    response = hub.api("POST", f"/users/{user}/server", json={"user_options": options})
-    assert response.status_code in (201, 202), response.text
-    hub.wait_ready(user)
-    return SessionStore(ledger).open_session(user)
-
-
-def live_devices(ledger, session_id: int) -> list[str]:
-    with ledger.engine.connect() as conn:
-        return list(conn.execute(select(gpu_assignments.c.device).where(
-            gpu_assignments.c.session_id == session_id,
-            gpu_assignments.c.released_at.is_(None))).scalars())
-
-
-def test_an_expired_session_is_warned_stopped_and_charged_its_paid_time(hub, ledger, capsys):
-    session = start(hub, ledger, "ada", 20, image="tf-2.21", gpu_type="a100", gpus=2,
-                    hours="0.002")  # 7.2 s of 2 x A100 (30 credits/hour): 60 units held
-    assert session.held == 60 and len(live_devices(ledger, session.id)) == 2
+def test_an_expired_session_is_warned_stopped_and_charged_its_paid_time(hub, hub_ledger, capsys):
+    hub.grant("ada", 20)
+    session = hub.running_server("ada", image="tf-2.21", gpu_type="a100", gpus=2,
+                                 hours="0.002")  # 7.2 s of 2 x A100 (30 credits/hour): 60 units
+    assert session.held == 60 and len(hub.live_devices(session.id)) == 2
     paid_until = session.paid_until
     assert paid_until == session.ready_at + timedelta(seconds=7)  # what 60 units pay for
     token = hub.user_token("ada")
@@ -80,24 +44,25 @@ def test_an_expired_session_is_warned_stopped_and_charged_its_paid_time(hub, led
               f"(meter interval {METER_INTERVAL} s)")
     assert 0 <= overrun < 10
 
-    ended = wait_for(lambda: (s := SessionStore(ledger).get(session.key)).state == "ended" and s,
+    ended = wait_for(lambda: (s := hub.sessions.get(session.key)).state == "ended" and s,
                      what="settlement")
     assert ended.end_reason == "expired" and ended.ended_at == paid_until
     # Its ready time only: up to paid_until, to the unit; never more than was held.
     assert ended.charged == ended.cost_until(paid_until) <= ended.held
     assert ended.charged == 59  # 7 s of 30 credits/hour, rounded up to the unit
-    balance = ledger.balance("ada")
+    balance = hub_ledger.balance("ada")
     assert (balance.total, balance.reserved) == (20_000 - ended.charged, 0)
     # The spawner's post-stop hook freed the GPUs once the process was gone.
-    wait_for(lambda: live_devices(ledger, session.id) == [], timeout=10, what="GPUs released")
+    wait_for(lambda: hub.live_devices(session.id) == set(), timeout=10, what="GPUs released")
     catalog = hub.credits_api("GET", "/catalog", token=token).json()
     assert {g["id"]: g["free"] for g in catalog["gpu_types"]}["a100"] == 2
-    assert verify(ledger.engine).ok
+    assert verify(hub_ledger.engine).ok
 
 
-def test_auto_extend_keeps_a_session_running(hub, ledger):
+def test_auto_extend_keeps_a_session_running(hub):
     # 36 s of CPU: inside the meter's auto-extend lead (15 minutes) from the start.
-    session = start(hub, ledger, "ben", 10, image="tf-2.21-cpu", gpu_type="none", hours="0.01")
+    hub.grant("ben", 10)
+    session = hub.running_server("ben", image="tf-2.21-cpu", gpu_type="none", hours="0.01")
     assert session.held == 10
     old_end = session.paid_until
     token = hub.user_token("ben")
@@ -105,17 +70,16 @@ def test_auto_extend_keeps_a_session_running(hub, ledger):
                                json={"auto_extend": True})
     assert response.status_code == 200 and response.json()["session"]["auto_extend"]
     # The meter buys another hour (1 credit) by itself.
-    extended = wait_for(lambda: (s := SessionStore(ledger).get(session.key)).held > 10 and s,
+    extended = wait_for(lambda: (s := hub.sessions.get(session.key)).held > 10 and s,
                         timeout=10, interval=0.1, what="the auto-extension")
     # Paid time is recomputed from all the holds: 36 s + 1 hour from ready.
     assert extended.held == 1_010
     assert extended.paid_until == session.ready_at + timedelta(seconds=36 + 3600) > old_end
     # The meter ticks on and leaves the server up.
-    wait_for(lambda: SessionStore(ledger).get(session.key).billed_until
+    wait_for(lambda: hub.sessions.get(session.key).billed_until
              > extended.billed_until + timedelta(seconds=2 * METER_INTERVAL), timeout=10,
              what="the meter to keep billing")
-    assert hub.server("ben")["ready"] and SessionStore(ledger).get(session.key).state == "running"
+    assert hub.server("ben")["ready"] and hub.sessions.get(session.key).state == "running"
     me = hub.credits_api("GET", "/me", token=token).json()["sessions"][0]
     assert me["held"] == "1.01" and "Auto-extended" in me["notice"] and me["warnings"] == []
-    hub.api("DELETE", "/users/ben/server")
-    hub.wait_gone("ben")
+    hub.stop_server("ben")

@@ -2,90 +2,58 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from decimal import Decimal
 
 import pytest
 
 from jupyterhub_credits.catalog import cost_of_seconds
 from jupyterhub_credits.ledger.verify import verify
-from jupyterhub_credits.sessions.store import SessionStore
-from tests.hub import HubProcess, wait_for
+from tests.realhub import log_in
+from tests.waiting import wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# Servers of users named broken-* exit at once: a start that fails after the hold.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.hub(extra_config="""
+    def break_some(spawner):
+        if spawner.user.name.startswith("broken"):
+            spawner.cmd = ["/bin/false"]
+    c.Spawner.pre_spawn_hook = break_some
+    c.Spawner.poll_interval = 1
+""")]
 
 A100_RATE = 15_000  # units per GPU-hour (15 credits)
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, module_postgres_url):
-    # Servers of users named broken-* exit at once: a start that fails after the hold.
-    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=module_postgres_url, meter_interval=0.5,
-                     extra_config="""
-        def break_some(spawner):
-            if spawner.user.name.startswith("broken"):
-                spawner.cmd = ["/bin/false"]
-        c.Spawner.pre_spawn_hook = break_some
-        c.Spawner.poll_interval = 1
-    """)
-    hub.start()
-    yield hub
-    hub.stop()
-
-
-@pytest.fixture(scope="module")
-def ledger(module_ledger):
-    return module_ledger
-
-
-def grant(ledger, user, credits):
-    ledger.grant(user, credits * 1000, key=f"test-grant:{user}:{credits}", reason="test",
-                 actor="test")
-
-
-def spawn(hub, user, **options):
-    hub.api("POST", f"/users/{user}")
-    return hub.api("POST", f"/users/{user}/server", json={"user_options": options})
-
-
-def test_gpu_session_is_held_billed_from_ready_and_settled_to_the_second(hub, ledger):
-    grant(ledger, "ada", 100)
-    response = spawn(hub, "ada", image="tf-2.21", gpu_type="a100", gpus=2, hours="1")
+def test_gpu_session_is_held_billed_from_ready_and_settled_to_the_second(hub, hub_ledger):
+    hub.grant("ada", 100)
+    response = hub.spawn("ada", image="tf-2.21", gpu_type="a100", gpus=2, hours="1")
     assert response.status_code in (201, 202), response.text
     hub.wait_ready("ada")
-    store = SessionStore(ledger)
-    session = store.open_session("ada")
+    session = hub.sessions.open_session("ada")
     assert session.state == "running" and session.gpus == 2 and session.held == 30_000
-    balance = ledger.balance("ada")
+    balance = hub_ledger.balance("ada")
     assert (balance.total, balance.reserved) == (100_000, 30_000)
-    assert hub.api("DELETE", "/users/ada/server").status_code in (202, 204)
-    hub.wait_gone("ada")
-    ended = wait_for(lambda: (s := store.get(session.key)).state == "ended" and s,
-                     what="settlement")
+    ended = hub.stop_server("ada")  # DELETE answered 202 or 204, gone, settled
     seconds_ready = ended.ended_at - ended.ready_at
     expected = cost_of_seconds(2 * A100_RATE, Decimal(str(seconds_ready.total_seconds())))
     # Billed per second of ready time (microsecond-exact ceil; rounding to whole units).
     assert abs(ended.charged - expected) <= 1
     assert ended.charged > 0 and ended.end_reason == "stopped"
-    balance = ledger.balance("ada")
+    balance = hub_ledger.balance("ada")
     assert (balance.total, balance.reserved) == (100_000 - ended.charged, 0)
-    assert verify(ledger.engine).ok
+    assert verify(hub_ledger.engine).ok
 
 
-def test_cpu_session_is_paid_at_the_cpu_rate_and_sees_no_gpu(hub, ledger):
-    grant(ledger, "carl", 5)
-    response = spawn(hub, "carl", image="tf-2.21-cpu", gpu_type="none", gpus=0, hours="2")
-    assert response.status_code in (201, 202), response.text
-    hub.wait_ready("carl")
-    session = SessionStore(ledger).open_session("carl")
+def test_cpu_session_is_paid_at_the_cpu_rate_and_sees_no_gpu(hub, hub_ledger):
+    hub.grant("carl", 5)
+    session = hub.running_server("carl", image="tf-2.21-cpu", gpu_type="none", gpus=0, hours="2")
     assert (session.gpu_type, session.gpus, session.rate_per_hour, session.held) == (
         "none", 0, 1000, 2000)
     assert session.devices is None
-    hub.api("DELETE", "/users/carl/server")
-    hub.wait_gone("carl")
-    ended = wait_for(lambda: (s := SessionStore(ledger).get(session.key)).state == "ended" and s,
-                     what="settlement")
+    ended = hub.stop_server("carl")
     assert 0 < ended.charged <= 2000
-    assert ledger.balance("carl").reserved == 0
+    assert hub_ledger.balance("carl").reserved == 0
 
 
 @pytest.mark.parametrize("options, status, words", [
@@ -97,38 +65,26 @@ def test_cpu_session_is_paid_at_the_cpu_rate_and_sees_no_gpu(hub, ledger):
     ({"image": "tf-9.99", "gpu_type": "a100", "gpus": 1, "hours": "1"}, 400, "tf-9.99"),
     ({"image": "tf-2.21", "gpu_type": "a100", "gpus": 1, "hours": "-1"}, 400, "hours"),
 ])
-def test_refusals_through_the_rest_api(hub, ledger, options, status, words):
-    grant(ledger, "rita", 50)
-    response = spawn(hub, "rita", **options)
+def test_refusals_through_the_rest_api(hub, hub_ledger, options, status, words):
+    hub.grant("rita", 50)  # once: the same grant key for every case
+    response = hub.spawn("rita", **options)
     assert response.status_code == status, response.text
     assert words in response.json()["message"]
     assert hub.server("rita") is None
-    assert ledger.balance("rita").reserved == 0  # nothing held, nothing charged
-    assert SessionStore(ledger).open_session("rita") is None
+    assert hub_ledger.balance("rita").reserved == 0  # nothing held, nothing charged
+    assert hub.sessions.open_session("rita") is None
 
 
-def test_quota_comes_before_capacity_and_balance(hub, ledger):
+def test_quota_comes_before_capacity_and_balance(hub):
     # 4 H100s: over quota, none exist, and far beyond a zero balance: quota speaks first.
-    hub.api("POST", "/users/poor")
-    response = spawn(hub, "poor", image="tf-2.21", gpu_type="h100", gpus=4, hours="24")
+    response = hub.spawn("poor", image="tf-2.21", gpu_type="h100", gpus=4, hours="24")
     assert response.status_code == 403 and "At most 3 GPUs" in response.json()["message"]
 
 
-def login(hub, user):
-    import requests
-
-    browser = requests.Session()
-    page = browser.get(f"{hub.url}/hub/login")
-    xsrf = browser.cookies.get("_xsrf") or page.text.split('name="_xsrf" value="')[1].split('"')[0]
-    response = browser.post(f"{hub.url}/hub/login?next=", data={
-        "username": user, "password": "demo", "_xsrf": xsrf}, allow_redirects=True)
+def test_spawn_page_shows_form_and_refusal_message(hub, hub_ledger):
+    hub.grant("pia", 20)
+    browser, response = log_in(hub.url, "pia")
     assert response.status_code == 200, response.text[:500]
-    return browser, xsrf
-
-
-def test_spawn_page_shows_form_and_refusal_message(hub, ledger):
-    grant(ledger, "pia", 20)
-    browser, xsrf = login(hub, "pia")
     form = browser.get(f"{hub.url}/hub/spawn")
     page = form.content.decode()
     assert form.status_code == 200
@@ -142,52 +98,27 @@ def test_spawn_page_shows_form_and_refusal_message(hub, ledger):
     message = refused.content.decode()
     assert refused.status_code == 402
     assert "150.00 credits" in message and "20.00" in message
-    assert hub.server("pia") is None and ledger.balance("pia").reserved == 0
+    assert hub.server("pia") is None and hub_ledger.balance("pia").reserved == 0
 
 
-def test_failed_start_costs_nothing_and_frees_the_gpus(hub, ledger):
-    grant(ledger, "broken-bob", 30)
-    response = spawn(hub, "broken-bob", image="tf-2.21", gpu_type="a100", gpus=2, hours="1")
+def test_failed_start_costs_nothing_and_frees_the_gpus(hub, hub_ledger):
+    hub.grant("broken-bob", 30)
+    response = hub.spawn("broken-bob", image="tf-2.21", gpu_type="a100", gpus=2, hours="1")
     # The hub answers 500 after the server died before it was ready.
     assert response.status_code >= 400, response.text
-    session = wait_for(lambda: [s for s in _sessions(ledger, "broken-bob") if s.state == "ended"],
+    session = wait_for(lambda: [s for s in hub.user_sessions("broken-bob") if s.state == "ended"],
                        what="the failed session to end")[0]
     assert session.charged == 0 and session.end_reason == "start_failed"
-    assert ledger.balance("broken-bob").total == 30_000
-    assert ledger.balance("broken-bob").reserved == 0
-    assert _live_devices(ledger) == set()
+    assert hub_ledger.balance("broken-bob").total == 30_000
+    assert hub_ledger.balance("broken-bob").reserved == 0
+    assert hub.live_devices() == set()
 
 
-def _sessions(ledger, user):
-    from sqlalchemy import select
-
-    from jupyterhub_credits.sessions.schema import sessions
-
-    store = SessionStore(ledger)
-    with ledger.engine.connect() as conn:
-        keys = conn.execute(select(sessions.c.key).where(sessions.c.user == user)).scalars().all()
-    return [store.get(key) for key in keys]
-
-
-def _live_devices(ledger):
-    from sqlalchemy import select
-
-    from jupyterhub_credits.sessions.schema import gpu_assignments
-
-    with ledger.engine.connect() as conn:
-        return set(conn.execute(select(gpu_assignments.c.device).where(
-            gpu_assignments.c.released_at.is_(None))).scalars())
-
-
-def test_a_crashed_server_is_settled_at_its_last_billed_tick(hub, ledger):
-    import os
-    import signal
-
-    grant(ledger, "crash-carla", 30)
-    spawn(hub, "crash-carla", image="tf-2.21", gpu_type="a100", gpus=1, hours="1")
-    hub.wait_ready("crash-carla")
-    store = SessionStore(ledger)
-    session = store.open_session("crash-carla")
+def test_a_crashed_server_is_settled_at_its_last_billed_tick(hub, hub_ledger):
+    hub.grant("crash-carla", 30)
+    session = hub.running_server("crash-carla", image="tf-2.21", gpu_type="a100", gpus=1,
+                                 hours="1")
+    store = hub.sessions
     billed = wait_for(lambda: (s := store.get(session.key)).billed_until > s.ready_at and s,
                       what="the meter to bill")
     os.kill(hub.server_pids()["crash-carla"], signal.SIGKILL)
@@ -197,5 +128,5 @@ def test_a_crashed_server_is_settled_at_its_last_billed_tick(hub, ledger):
     assert ended.end_reason == "server_gone"
     assert ended.ended_at >= billed.billed_until and ended.charged == ended.cost_until(
         ended.ended_at)
-    assert ledger.balance("crash-carla").reserved == 0
-    assert _live_devices(ledger) == set()  # its GPU is free again
+    assert hub_ledger.balance("crash-carla").reserved == 0
+    assert hub.live_devices() == set()  # its GPU is free again

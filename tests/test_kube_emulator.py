@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -35,6 +34,7 @@ from tests.kube.validation import (
     pod_to_dict,
     validate_manifest,
 )
+from tests.waiting import wait_for_async
 
 # A fresh event loop per test, whatever the project-wide pytest-asyncio defaults are: KubeSpawner
 # caches API clients per loop, and a new loop guarantees nothing leaks between tests.
@@ -68,16 +68,6 @@ def make_spawner(user: str = "alice", **traits: Any) -> KubeSpawner:
         oauth_client_id="unused",
         **traits,
     )
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll spawner-side state (reflectors have no change hook) until ``predicate()`` is truthy."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-    return result
 
 
 @contextlib.asynccontextmanager
@@ -124,7 +114,7 @@ async def test_start_poll_stop_round_trip(kube: KubeEmulator):
     assert notebook["resources"]["requests"]["nvidia.com/gpu"] == "1"
 
     # kubelet events reach the spawner through its event reflector
-    await until(lambda: events_with_reason(spawner, "Started"))
+    await wait_for_async(lambda: events_with_reason(spawner, "Started"))
 
     await spawner.stop()
     assert kube.pods(NAMESPACE) == []
@@ -177,7 +167,7 @@ async def test_crash_as_seen_by_poll(kube: KubeEmulator, restart_policy, exit_co
         return pod["status"]["containerStatuses"][0]["state"] if pod else {}
 
     if expected_poll is None:
-        await until(lambda: "waiting" in container_state())
+        await wait_for_async(lambda: "waiting" in container_state())
         assert container_state()["waiting"]["reason"] == "CrashLoopBackOff"
         assert (
             reflected_pod(spawner)["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == exit_code
@@ -185,7 +175,7 @@ async def test_crash_as_seen_by_poll(kube: KubeEmulator, restart_policy, exit_co
         assert await spawner.poll() is None
         await spawner.stop(now=True)
     else:
-        await until(lambda: "terminated" in container_state())
+        await wait_for_async(lambda: "terminated" in container_state())
         assert await spawner.poll() == expected_poll
         # delete_stopped_pods (default True): poll() itself deleted the pod
         assert kube.pods(NAMESPACE) == []
@@ -199,7 +189,7 @@ async def test_failed_scheduling_event_reaches_event_reflector(kube: KubeEmulato
     kube.fail_scheduling()  # default message: "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. ..."
     spawner = make_spawner(extra_resource_limits=ONE_GPU)
     async with in_background(spawner.start()) as start:
-        (event,) = await until(lambda: events_with_reason(spawner, "FailedScheduling"))
+        (event,) = await wait_for_async(lambda: events_with_reason(spawner, "FailedScheduling"))
         assert event["type"] == "Warning"
         assert event["message"].startswith("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
         assert event["lastTimestamp"] is None and event["eventTime"], "scheduler events carry eventTime only"
@@ -229,7 +219,7 @@ async def test_scheduler_counts_node_gpus(kube: KubeEmulator):
     assert kube.pod(alice.pod_name, NAMESPACE)["spec"]["nodeName"] == "gpu-node-1"
 
     async with in_background(bob.start()) as bob_start:
-        (event,) = await until(lambda: events_with_reason(bob, "FailedScheduling"))
+        (event,) = await wait_for_async(lambda: events_with_reason(bob, "FailedScheduling"))
         assert event["message"] == (
             "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. "
             "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
@@ -246,7 +236,7 @@ async def test_node_selector_mismatch_is_reported(kube: KubeEmulator):
     kube.add_node("gpu-node-1", "NVIDIA-L4", gpus=2)
     spawner = make_spawner(node_selector={GPU_PRODUCT_LABEL: "NVIDIA-H100-80GB-HBM3"}, extra_resource_limits=ONE_GPU)
     async with in_background(spawner.start()):
-        (event,) = await until(lambda: events_with_reason(spawner, "FailedScheduling"))
+        (event,) = await wait_for_async(lambda: events_with_reason(spawner, "FailedScheduling"))
         assert event["message"].startswith(
             "0/2 nodes are available: 1 Insufficient nvidia.com/gpu, "
             "2 node(s) didn't match Pod's node affinity/selector."
@@ -259,7 +249,7 @@ async def test_hold_pending_then_release(kube: KubeEmulator):
     kube.hold_pending()
     spawner = make_spawner()
     async with in_background(spawner.start()) as start:
-        await until(lambda: reflected_pod(spawner))
+        await wait_for_async(lambda: reflected_pod(spawner))
         assert reflected_pod(spawner)["status"]["phase"] == "Pending"
         assert await spawner.poll() is None
         assert not start.done()
@@ -319,7 +309,8 @@ async def test_watch_resumes_from_resource_version(kube: KubeEmulator):
     async with aiohttp.ClientSession() as http:
         async with http.post(pods_url, json=pod) as response:
             assert response.status == 201
-        await kube.wait_for(lambda: kube.pod("probe")["status"]["phase"] == "Running")
+        await wait_for_async(lambda: kube.pod("probe")["status"]["phase"] == "Running",
+                             what="the pod to run")
         async with http.get(pods_url, params={"labelSelector": "component=singleuser-server"}) as response:
             listed_at = (await response.json())["metadata"]["resourceVersion"]
 

@@ -43,6 +43,7 @@ from jupyterhub_credits.spawner.kube import (
 )
 from tests.kube.emulator import KubeEmulator, MockUser, kubespawner_pointed_at
 from tests.kube.validation import pod_to_dict, validate_manifest
+from tests.waiting import wait_for_async
 
 on_fresh_loop = pytest.mark.asyncio(loop_scope="function")
 
@@ -154,16 +155,6 @@ def the_pod(kube: KubeEmulator, spawner) -> dict:
 def pod_running(kube: KubeEmulator, spawner) -> dict | None:
     pods = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == spawner.pod_name]
     return pods[0] if pods and pods[0]["status"].get("podIP") else None
-
-
-async def until(predicate, timeout: float = 5.0):
-    """Poll spawner-side state (KubeSpawner's reflectors have no change hook)."""
-    deadline = time.monotonic() + timeout
-    while not (result := await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-    return result
 
 
 @contextlib.asynccontextmanager
@@ -289,7 +280,7 @@ async def test_spawn_bills_from_http_ready_and_settles_on_stop(kube, credits, cl
     hold = 2 * 15 * CREDIT  # 2 A100s × 15 credits/GPU-hour × 1 hour
 
     async with in_background(hub_start(spawner, **options)) as start:
-        pod = await kube.wait_for(lambda: pod_running(kube, spawner))
+        pod = await wait_for_async(lambda: pod_running(kube, spawner), what="the pod to run")
         # The pod runs, but the notebook server does not answer yet: held, not billed.
         assert balance(credits, "alice").reserved == hold
         assert balance(credits, "alice").total == 100 * CREDIT
@@ -347,7 +338,7 @@ async def test_crash_is_seen_by_poll_and_settled_to_the_last_tick(kube, sqlite_c
     async def crashed():
         return await spawner.poll() is not None
 
-    await until(crashed)
+    await wait_for_async(crashed)
     assert kube.pods(NAMESPACE) == [], "the crashed pod is deleted: its GPU is free again"
     assert await spawner.poll() == 1
     await hub_stop(spawner)
@@ -395,13 +386,14 @@ async def test_failed_scheduling_fails_fast_and_costs_nothing(kube, credits):
     kube.hold_pending(spawner.pod_name, NAMESPACE)
     async with in_background(
             hub_start(spawner, image="tf-2.21", gpu_type="a100", gpus=1, hours="1")) as start:
-        pod = await kube.wait_for(lambda: kube.pods(NAMESPACE) and kube.pods(NAMESPACE)[0])
+        pod = await wait_for_async(lambda: kube.pods(NAMESPACE) and kube.pods(NAMESPACE)[0],
+                                   what="the pod to be created")
         old_pod = {**pod, "metadata": {**pod["metadata"], "uid": "uid-of-the-deleted-pod"}}
         kube.kubelet.record_event(old_pod, "FailedScheduling", refused_event_message(3),
                                   "Warning", component="default-scheduler")
-        await until(lambda: any(e["involvedObject"]["uid"] == "uid-of-the-deleted-pod"
+        await wait_for_async(lambda: any(e["involvedObject"]["uid"] == "uid-of-the-deleted-pod"
                                 for e in spawner.events))
-        await until(lambda: spawner.pod_reflector.pods.get(f"{NAMESPACE}/{spawner.pod_name}"))
+        await wait_for_async(lambda: spawner.pod_reflector.pods.get(f"{NAMESPACE}/{spawner.pod_name}"))
         assert spawner._unschedulable_reason() is None and not start.done()
         kube.release(spawner.pod_name, NAMESPACE)
         await asyncio.wait_for(start, 10)
@@ -461,7 +453,8 @@ async def test_capacity_counts_nodes_and_pods_and_refuses_at_admission(kube, sql
 
     # Another namespace's pod on the T4 node, and a pending one waiting for a T4, count too.
     await _create_pod(kube, "research", "trainer", 1, {GPU_NODE_LABEL: "t4"})
-    await kube.wait_for(lambda: kube.pod("trainer", "research")["status"]["phase"] == "Running")
+    await wait_for_async(lambda: kube.pod("trainer", "research")["status"]["phase"] == "Running",
+                         what="the pod to run")
     kube.hold_pending("queued", "research")
     await _create_pod(kube, "research", "queued", 2, {GPU_NODE_LABEL: "t4"})
     bob = make_spawner(credits, "bob", credits_ready_check=False)
@@ -527,7 +520,8 @@ async def test_placement_counts_afresh_after_admission_used_a_cached_count(kube,
     spawner = make_spawner(credits, credits_ready_check=False)
     assert (await spawner.free_gpus())["a100"] == 2  # cached: admission will use this count
     await _create_pod(kube, "research", "trainer", 2, {GPU_NODE_LABEL: "a100"})
-    await kube.wait_for(lambda: kube.pod("trainer", "research")["spec"].get("nodeName"))
+    await wait_for_async(lambda: kube.pod("trainer", "research")["spec"].get("nodeName"),
+                         what="the pod to be placed on a node")
 
     with pytest.raises(SpawnException) as refused:
         await hub_start(spawner, image="tf-2.21", gpu_type="a100", gpus=1, hours="1")
@@ -583,7 +577,8 @@ def _answer(status: int, body: bytes = b'{"kind": "Status"}'):
 async def test_capacity_without_cluster_wide_access(kube, sqlite_credits):
     add_gpu_node(kube, "a100-node-1", "a100", gpus=2)
     await _create_pod(kube, "research", "trainer", 1, {GPU_NODE_LABEL: "a100"})
-    await kube.wait_for(lambda: kube.pod("trainer", "research")["spec"].get("nodeName"))
+    await wait_for_async(lambda: kube.pod("trainer", "research")["spec"].get("nodeName"),
+                         what="the pod to be placed on a node")
     spawner = make_spawner(sqlite_credits, capacity_cache_seconds=0)
     assert (await spawner.free_gpus())["a100"] == 1
 

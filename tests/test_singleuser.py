@@ -31,6 +31,7 @@ from jupyterhub_credits.singleuser.reporter import (
     service_api_url,
 )
 from tests.fake_credits import TOKEN, FakeCreditsService
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +125,7 @@ def test_unsent_events_survive_a_restart(service, tmp_path):
     keys = [first.send("gpu_utilization", {"minute": f"2026-01-01T00:0{i}:00+00:00", "gpus": []},
                        key=f"gpu:{i}") for i in range(3)]
     assert not first.flush(timeout=0)  # send now, do not wait
-    assert service.wait_for(lambda s: len(s.event_posts()) == 1)
+    wait_for(lambda: len(service.event_posts()) == 1, timeout=10, what="one event post")
     assert not first.close(timeout=10)  # stops in its backoff, events still pending
     saved = json.loads(state.read_text())
     assert [e["key"] for e in saved["events"]] == keys
@@ -412,5 +413,6 @@ def test_extension_in_a_real_server_proxies_status_without_the_token(service, ju
     assert [(r["path"], r["authorization"]) for r in gets] == \
         [("/services/credits/api/me", f"token {TOKEN}")]
     # the dead kernel's training run was adopted and sent with the server's token
-    assert service.wait_for(lambda s: "training_run:left-behind" in s.earned, timeout=20)
+    wait_for(lambda: "training_run:left-behind" in service.earned, timeout=20,
+             what="the run left behind to be delivered")
     assert not server.orphan.exists()

@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from decimal import Decimal
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..catalog import DEFAULT_HOURS, effective_quotas, minimum_hours
 from ..ledger import format_amount
+from ..ledger.core import user_account
 
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
+
+#: The hours slider moves in quarter hours; the number box beside it takes any value
+#: (``step="any"``), since the server checks the minimum, maximum and precision itself.
+SLIDER_STEP_HOURS = Decimal("0.25")
+
+
+def html_number(value: Decimal | int) -> str:
+    """A number as HTML's min/max/value attributes accept it: plain digits, never "2.4E+1"."""
+    return format(Decimal(value).normalize(), "f")
+
+
+def slider_minimum(min_hours: Decimal, max_hours: Decimal) -> Decimal:
+    """The slider starts at the first quarter hour at or above the minimum, so that its
+    steps are whole quarter hours (0.25, 0.5, …) rather than 0.0167 + k × 0.25."""
+    first_step = math.ceil(min_hours / SLIDER_STEP_HOURS) * SLIDER_STEP_HOURS
+    return first_step if first_step <= max_hours else min_hours
 
 
 async def render_options_form(spawner) -> str:
@@ -23,6 +42,7 @@ async def render_options_form(spawner) -> str:
     free = await spawner.free_gpus()
     totals = getattr(spawner, "gpu_totals", lambda: None)()
     account, available = await asyncio.to_thread(spawner.paying_account, 0)
+    min_hours = minimum_hours(quotas)
     gpu_types = []
     for gpu_id, gpu in catalog.gpu_types.items():
         count = None if free is None else free.get(gpu_id, 0)
@@ -50,11 +70,13 @@ async def render_options_form(spawner) -> str:
         available_units=available,
         available=format_amount(available),
         paying_account=account,
-        own_account=f"user:{spawner.user.name}",
+        own_account=user_account(spawner.user.name),
         max_gpus=quotas.max_gpus_per_session,
-        max_hours=quotas.max_hours_per_session,
-        min_hours=minimum_hours(quotas),
-        default_hours=DEFAULT_HOURS,
+        max_hours=html_number(quotas.max_hours_per_session),
+        min_hours=html_number(min_hours),
+        slider_min_hours=html_number(slider_minimum(min_hours, quotas.max_hours_per_session)),
+        slider_step_hours=html_number(SLIDER_STEP_HOURS),
+        default_hours=html_number(min(max(DEFAULT_HOURS, min_hours), quotas.max_hours_per_session)),
     )
 
 

@@ -1571,21 +1571,6 @@ class KubeEmulator:
     def nodes(self) -> list[dict]:
         return self.objects("nodes")
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Wait until ``predicate()`` is truthy, re-checking after every store change."""
-        queue = self.store.subscribe()
-        try:
-
-            async def wait() -> Any:
-                while not (result := predicate()):
-                    if await queue.get() is None:
-                        raise RuntimeError("emulator closed while waiting")
-                return result
-
-            return await asyncio.wait_for(wait(), timeout)
-        finally:
-            self.store.unsubscribe(queue)
-
     # ----------------------------------------------------------- arranging state
 
     def create_namespace(self, name: str) -> dict:

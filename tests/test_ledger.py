@@ -595,18 +595,19 @@ def test_reverse_post_refunds_usage(ledger):
     assert ledger.balance(USAGE).total == 0
 
 
-def test_reverse_expire_restores_non_expiring_credits(ledger, clock):
+def test_reverse_expire_is_refused(ledger, clock):
+    # Given back as a lot without expiry, expired credits would last for ever
+    # (tests/test_reverse_rules.py has the rest of the rule).
     g = grant(ledger, "alice", 100, "g", expires_at=clock.now + timedelta(hours=1)).transfer
     clock.advance(hours=1)
     ledger.sweep()
     lot = lot_id(ledger, g.id)
-    r = reverse(ledger, f"expire:lot-{lot}:100", "r").transfer
-    assert (r.debit_account, r.credit_account, r.amount) == (EXPIRED, "user:alice", 100)
-    assert bal(ledger, "alice") == (100, 0, 100)
-    assert ledger.balance(EXPIRED).total == 0
-    clock.advance(days=1000)
-    assert ledger.sweep().expired_units == 0
-    assert bal(ledger, "alice") == (100, 0, 100)
+    count = n_transfers(ledger)
+    with pytest.raises(NotReversible, match="expired credits"):
+        reverse(ledger, f"expire:lot-{lot}:100", "r")
+    assert n_transfers(ledger) == count
+    assert bal(ledger, "alice") == (0, 0, 0)
+    assert ledger.balance(EXPIRED).total == 100
 
 
 def test_reverse_grant_draws_its_own_lot_first(ledger, clock):
@@ -630,31 +631,35 @@ def test_reverse_grant_takes_from_its_lapsed_lot(ledger, clock):
     assert ledger.sweep().expired_units == 0
 
 
-def test_reverse_grant_after_partial_spend_draws_others_soonest_first(ledger, clock):
+def test_reverse_grant_after_partial_spend_takes_only_what_its_lot_has_left(ledger, clock):
     now = clock.now
     grant(ledger, "alice", 100, "g")
     deduct(ledger, "alice", 70, "d")  # g has 30 left
     grant(ledger, "alice", 50, "later", expires_at=now + timedelta(hours=3))
     grant(ledger, "alice", 50, "never")
     grant(ledger, "alice", 50, "sooner", expires_at=now + timedelta(hours=2))
-    reverse(ledger, "g", "r")  # 30 from g, then 50 from "sooner", then 20 from "later"
-    assert lot_rows(ledger, "alice") == [("g", 0, 0), ("later", 30, 0), ("never", 50, 0),
-                                         ("sooner", 0, 0)]
-    assert bal(ledger, "alice") == (80, 0, 80)
+    r = reverse(ledger, "g", "r").transfer  # the 30 left of g; the other lots are not touched
+    assert r.amount == 30
+    assert lot_rows(ledger, "alice") == [("g", 0, 0), ("later", 50, 0), ("never", 50, 0),
+                                         ("sooner", 50, 0)]
+    assert bal(ledger, "alice") == (150, 0, 150)
 
 
-def test_reverse_refused_when_owner_cannot_pay_back(ledger):
+def test_reverse_refused_when_nothing_of_the_grants_lot_is_free(ledger):
     grant(ledger, "alice", 100, "g")
-    deduct(ledger, "alice", 1, "d")
-    with pytest.raises(InsufficientFunds):
+    deduct(ledger, "alice", 100, "d")
+    with pytest.raises(NotReversible, match=r"0\.100 were spent"):
         reverse(ledger, "g", "r")
-    reverse(ledger, "d", "r-d")
-    hold(ledger, "alice", 1, "h")  # reserved credits cannot pay back a grant either
-    with pytest.raises(InsufficientFunds):
+    reverse(ledger, "d", "r-d")  # back as a lot of its own: not g's
+    with pytest.raises(NotReversible, match="nothing is left"):
         reverse(ledger, "g", "r")
+    grant(ledger, "alice", 100, "g2")
+    hold(ledger, "alice", 200, "h")  # reserved credits are the hold's, not taken back
+    with pytest.raises(NotReversible, match=r"0\.100 are reserved"):
+        reverse(ledger, "g2", "r")
     void(ledger, "h", key="v")
-    reverse(ledger, "g", "r")  # the refusals stored nothing: same key, now works
-    assert bal(ledger, "alice") == (0, 0, 0)
+    assert reverse(ledger, "g2", "r").transfer.amount == 100  # refusals stored nothing
+    assert bal(ledger, "alice") == (100, 0, 100)
 
 
 def test_reverse_refusals(ledger):

@@ -339,28 +339,32 @@ class LedgerMachine(RuleBasedStateMachine):
         ref = original.key if by_key and original.key else original.id
         key = self.new_key(reuse_refused)
         call = lambda: self.ledger.reverse(ref, key=key, reason="undo", actor="admin")
-        if original.kind in ("hold", "void", "reverse") or original.reversed:
+        # Expired credits are not given back (they would come back without an expiry).
+        if original.kind in ("hold", "void", "reverse", "expire") or original.reversed:
             return self.refused(key, NotReversible, call)
         if original.kind in ("grant", "earn"):
-            owner = original.credit
-            if self.free(owner, prefer=original.lot) < original.amount:
-                return self.refused(key, InsufficientFunds, call)
+            # Only what is free in the grant's own lot (lapsed or not), never other lots.
+            lot = original.lot
+            amount = lot.remaining - lot.reserved
+            if amount <= 0:
+                return self.refused(key, NotReversible, call)
             t = self.accepted(key, call, "reverse")
-            if self.lapsed(original.lot) and original.lot.remaining > original.lot.reserved:
+            if self.lapsed(lot):
                 event("reverse: grant from its lapsed lot")
-            for lot, take in self.draw(self.spendable(owner, prefer=original.lot), original.amount):
-                lot.remaining -= take
-            self.system[ISSUANCE] += original.amount
-        else:  # deduct, post, expire: the owner gets the credits back, never expiring
-            owner = original.debit
+            if amount < original.amount:
+                event("reverse: what is left of a partly spent grant")
+            lot.remaining -= amount
+            self.system[ISSUANCE] += amount
+        else:  # deduct, post: the owner gets the credits back, never expiring
+            amount = original.amount
             t = self.accepted(key, call, "reverse")
-            self.lot_of(t.id, owner, original.amount, None)
-            self.system[original.credit] -= original.amount
+            self.lot_of(t.id, original.debit, amount, None)
+            self.system[original.credit] -= amount
         assert (t.debit_account, t.credit_account, t.amount, t.reversal_of) == (
-            original.credit, original.debit, original.amount, original.id)
+            original.credit, original.debit, amount, original.id)
         original.reversed = True
         self.transfers.append(Xfer(t.id, key, "reverse", original.credit, original.debit,
-                                   original.amount))
+                                   amount))
 
     # --- time ----------------------------------------------------------------------------------
 

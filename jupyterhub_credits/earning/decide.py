@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..ledger.amounts import format_amount
+from ..quoting import quote_input
 from .rules import (
     DAILY_LOGIN,
     EFFICIENCY_BONUS,
@@ -69,12 +70,14 @@ KINDS = (*KIND_RULES, GPU_UTILIZATION)
 #: bonus of a training run: ``<key>#efficiency_bonus``); refused in event keys.
 DERIVED = "#"
 MAX_KEY_LENGTH = 200
-#: How far a claimed time may lie ahead of the service's clock, or a run's length
-#: beyond its session's uptime, before it is refused.
+#: How far a claimed time may lie ahead of the service's clock before it is refused.
 CLOCK_SKEW = timedelta(minutes=5)
 #: Events claiming to be older than this are refused (a retry comes sooner).
 MAX_EVENT_AGE = timedelta(days=1)
 MAX_ACTIVE_MINUTES = 24 * 60
+#: A typo guard on a training run's duration_s: far longer than any session, and small
+#: enough that the time arithmetic on it (``timedelta(seconds=...)``) cannot overflow.
+MAX_RUN_SECONDS = 366 * 24 * 3600
 MAX_GPUS = 64
 
 _KEY = re.compile(rf"^[^\s#\x00-\x1f\x7f]{{1,{MAX_KEY_LENGTH}}}$")
@@ -103,10 +106,12 @@ class Event:
 
 @dataclass(frozen=True)
 class SessionSpan:
-    """When one of the user's sessions was up: ready (billed from) until ended (None: still up)."""
+    """When one of the user's sessions was up: ready (billed from) until ended (None: still up),
+    and how many GPUs it had (0: CPU only)."""
 
     ready_at: datetime
     ended_at: datetime | None = None
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,10 +213,13 @@ def parse_time(value: Any) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
+        raise ValueError(f"not an ISO 8601 timestamp: {quote_input(value)}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError(f"timestamp out of range: {quote_input(value)}") from None
 
 
 # --- parsing ------------------------------------------------------------------------
@@ -233,10 +241,11 @@ def parse_event(raw: Any, now: datetime) -> Event:
     event = Event(kind, key, payload=payload if isinstance(payload, Mapping) else None)
     unknown = sorted(str(name) for name in raw if name not in _EVENT_FIELDS)
     if unknown:
-        return replace(event, problem=f"unknown field {unknown[0]!r}; an event has "
+        return replace(event, problem=f"unknown field {quote_input(unknown[0])}; an event has "
                                       f"{', '.join(_EVENT_FIELDS)}")
     if kind not in KINDS:
-        return replace(event, problem=f"unknown event kind {raw.get('kind')!r}; expected one of "
+        return replace(event, problem=f"unknown event kind {quote_input(raw.get('kind'))}; "
+                                      "expected one of "
                                       f"{', '.join(KINDS)}")
     claimed = None
     if raw.get("time") is not None:
@@ -274,11 +283,15 @@ def _number(payload: Mapping, name: str, *, minimum: float, maximum: float | Non
             raise ValueError(f"{name} is missing")
         return None
     kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}")
+    # An int is always finite, and math.isfinite would overflow converting a 400-digit one
+    # to a float; comparing it with the bounds below is exact at any size.
+    if isinstance(value, bool) or not isinstance(value, kinds) \
+            or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{name} must be a {'whole ' if whole else ''}number, "
+                         f"got {quote_input(value)}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ValueError(f"{name} must be {bound}, got {quote_input(value)}")
     return value
 
 
@@ -292,7 +305,7 @@ def _activity(payload: Mapping, now: datetime) -> dict:
 
 
 def _training_run(payload: Mapping, now: datetime) -> dict:
-    duration = _number(payload, "duration_s", minimum=0)
+    duration = _number(payload, "duration_s", minimum=0, maximum=MAX_RUN_SECONDS)
     if duration <= 0:
         raise ValueError("duration_s must be greater than 0")
     for name in ("epochs", "steps"):
@@ -323,7 +336,7 @@ def _gpu_utilization(payload: Mapping, now: datetime) -> dict:
         except ValueError as error:
             raise ValueError(f"gpus[{position}].{error}") from None
     return {"minute": minute.replace(second=0, microsecond=0),
-            "utilization": sum(utilizations) / len(utilizations)}
+            "utilization": sum(utilizations) / len(utilizations), "gpus": len(utilizations)}
 
 
 _PAYLOAD_CHECKS = {
@@ -336,12 +349,23 @@ _PAYLOAD_CHECKS = {
 # --- sessions -----------------------------------------------------------------------
 
 
+def sessions_up(sessions: tuple[SessionSpan, ...], at: datetime,
+                grace: timedelta = timedelta(0)) -> list[SessionSpan]:
+    """The sessions up at ``at`` (an end less than ``grace`` ago counts)."""
+    return [span for span in sessions if span.ready_at <= at
+            and (span.ended_at is None or at <= span.ended_at + grace)]
+
+
 def running_session(sessions: tuple[SessionSpan, ...], at: datetime,
                     grace: timedelta = timedelta(0)) -> SessionSpan | None:
     """The longest-running of the sessions up at ``at`` (an end less than ``grace`` ago counts)."""
-    up = [span for span in sessions if span.ready_at <= at
-          and (span.ended_at is None or at <= span.ended_at + grace)]
+    up = sessions_up(sessions, at, grace)
     return min(up, key=lambda span: span.ready_at) if up else None
+
+
+def run_end(event: Event, now: datetime) -> datetime:
+    """When a training run ended: its claimed time, never later than now."""
+    return min(event.time, now) if event.time is not None else now
 
 
 def uptime(span: SessionSpan, now: datetime) -> timedelta:
@@ -390,9 +414,17 @@ def decide(event: Event, source: str, rules: EarningRules, state: UserState,
     if event.kind == GPU_UTILIZATION:
         minute = event.data["minute"]
         # The sample covers the minute that starts at ``minute``.
-        if running_session(state.sessions, minute + timedelta(minutes=1), grace) is None \
-                and running_session(state.sessions, minute, grace) is None:
+        up = (sessions_up(state.sessions, minute, grace)
+              + sessions_up(state.sessions, minute + timedelta(minutes=1), grace))
+        if not up:
             return rejected("no running session at that minute")
+        # Evidence for the efficiency bonus only counts from GPUs the user was given.
+        gpus = max(span.gpus for span in up)
+        if gpus == 0:
+            return rejected("GPU utilisation from a session without GPUs")
+        if event.data["gpus"] > gpus:
+            return rejected(f"the sample reports {event.data['gpus']} GPUs; the session at that "
+                            f"minute has {gpus}")
         return earned(0, None, reason="recorded (GPU utilisation earns nothing itself)",
                       sample=GpuSample(minute, event.data["utilization"]))
 
@@ -423,10 +455,13 @@ def decide(event: Event, source: str, rules: EarningRules, state: UserState,
         if session is None:
             return rejected("no running session: a training run counts only while a session "
                             "runs", rule.name)
-        up = uptime(session, now)
-        if timedelta(seconds=duration) > up + CLOCK_SKEW:
+        # The whole run must fit in a session that was up when the run ended, no slack.
+        end = run_end(event, now)
+        ran_in = running_session(state.sessions, end, grace)
+        up = uptime(ran_in, end) if ran_in is not None else timedelta(0)
+        if timedelta(seconds=duration) > up:
             return rejected(f"run longer than the session: {duration:.0f} s claimed, the session "
-                            f"has been up {up.total_seconds():.0f} s", rule.name)
+                            f"had been up {up.total_seconds():.0f} s when it ended", rule.name)
 
     outcome = _award(rule, wanted, source, rules, state, now)
     if outcome.outcome == EARNED and minutes is not None:
@@ -484,10 +519,11 @@ def _efficiency(event: Event, source: str, rules: EarningRules, state: UserState
         return rejected("the efficiency bonus is granted on the hub's measurements only",
                         rule.name, stored=False)
     duration = event.data["duration_s"]
-    start = now - timedelta(seconds=duration)
+    end = run_end(event, now)
+    start = end - timedelta(seconds=duration)
     by_minute: dict[datetime, list[float]] = {}
     for sample in state.gpu_samples:
-        if start - timedelta(minutes=1) <= sample.minute <= now:
+        if start - timedelta(minutes=1) <= sample.minute <= end:
             by_minute.setdefault(sample.minute, []).append(sample.utilization)
     run_minutes = max(1, math.ceil(duration / 60))
     needed = max(1, math.ceil(run_minutes * rule.min_coverage_percent / 100))

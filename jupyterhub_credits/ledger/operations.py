@@ -12,6 +12,7 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import IO, Iterable, Iterator
 
+from ..quoting import ELLIPSIS, QUOTE_LIMIT, quote_input
 from .amounts import InvalidAmount, parse_amount
 from .core import Ledger, TransferResult, account_name
 from .errors import InvalidRequest, LedgerError
@@ -27,19 +28,26 @@ OPERATIONS = {
 }
 
 MAX_DAYS = 36500
+#: Whole numbers in metadata stay ints up to this many digits (beyond: decimal text).
+_MAX_INT_DIGITS = 30
 MAX_TIMEOUT_S = 10 * 365 * 86400
 
 
 def _positive_number(value, name: str, maximum: int) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
-        raise InvalidRequest(f"{name} must be a number, not {value!r}")
+        raise InvalidRequest(f"{name} must be a number, not {quote_input(value)}")
     try:
         number = Decimal(value)
     except InvalidOperation:
-        raise InvalidRequest(f"{name} must be a number, not {value!r}") from None
+        raise InvalidRequest(f"{name} must be a number, not {quote_input(value)}") from None
     if not number.is_finite() or number <= 0 or number > maximum:
-        raise InvalidRequest(f"{name} must be a number between 0 and {maximum}, not {value}")
+        raise InvalidRequest(f"{name} must be a number between 0 and {maximum}, "
+                             f"not {quote_input(value)}")
     return number
+
+
+def _cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit] + ELLIPSIS
 
 
 def _text(op: dict, name: str, *, required: bool = False) -> str:
@@ -63,7 +71,12 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else str(value)
+        # int() of 1E+999999999 would write a billion digits: only modest whole numbers
+        # become ints; anything else stays its (short, scientific) decimal text.
+        if value.is_finite() and value.adjusted() < _MAX_INT_DIGITS \
+                and value == value.to_integral_value():
+            return int(value)
+        return str(value)
     return value
 
 
@@ -73,7 +86,8 @@ def apply_operation(ledger: Ledger, op, *, actor: str) -> TransferResult:
         raise InvalidRequest("each line must be a JSON object")
     kind = op.get("op")
     if kind not in OPERATIONS:
-        raise InvalidRequest(f"unknown op {kind!r}; expected one of {', '.join(OPERATIONS)}")
+        raise InvalidRequest(f"unknown op {quote_input(kind)}; "
+                             f"expected one of {', '.join(OPERATIONS)}")
     required, optional = OPERATIONS[kind]
     missing = sorted(required - op.keys())
     if "key" not in op:
@@ -82,7 +96,8 @@ def apply_operation(ledger: Ledger, op, *, actor: str) -> TransferResult:
         raise InvalidRequest(f"{kind}: missing {', '.join(missing)}")
     unknown = sorted(op.keys() - required - optional - {"op", "key"})
     if unknown:
-        raise InvalidRequest(f"{kind}: unknown field {', '.join(unknown)}")
+        raise InvalidRequest(f"{kind}: unknown field "
+                             f"{', '.join(_cut(str(name)) for name in unknown[:5])}")
     key = op["key"]
     if not isinstance(key, str):
         raise InvalidRequest("key must be a string")
@@ -150,6 +165,18 @@ def result_line(key, result: TransferResult | None = None, error: str | None = N
     return record
 
 
+def _parse_line(line: str):
+    """One line as JSON (numbers as exact Decimals); InvalidRequest when it is not JSON."""
+    try:
+        return json.loads(line, parse_float=Decimal)
+    except json.JSONDecodeError as error:
+        raise InvalidRequest(f"invalid JSON: {error.msg} at column {error.colno}") from None
+    except ValueError:  # an integer of more than 4,300 digits, which Python will not read
+        raise InvalidRequest("invalid JSON: a number with too many digits") from None
+    except RecursionError:  # "[" * 100_000
+        raise InvalidRequest("invalid JSON: nested too deeply") from None
+
+
 def apply_lines(ledger: Ledger, lines: Iterable[str], *, actor: str) -> Iterator[dict]:
     """One result for each input line, in order, whatever goes wrong with any of them."""
     for number, line in enumerate(lines, start=1):
@@ -158,15 +185,14 @@ def apply_lines(ledger: Ledger, lines: Iterable[str], *, actor: str) -> Iterator
         try:
             if not line.strip():
                 raise InvalidRequest("empty line")
-            try:
-                op = json.loads(line, parse_float=Decimal)
-            except json.JSONDecodeError as error:
-                raise InvalidRequest(f"invalid JSON: {error.msg} at column {error.colno}") from None
+            op = _parse_line(line)
             if isinstance(op, dict) and isinstance(op.get("key"), str):
                 key = op["key"]
             result = apply_operation(ledger, op, actor=actor)
         except (LedgerError, InvalidAmount) as error:
             yield result_line(key, error=str(error), line=number)
+        except RecursionError:  # metadata nested deeper than can be copied
+            yield result_line(key, error="metadata is nested too deeply", line=number)
         else:
             yield result_line(key, result, line=number)
 

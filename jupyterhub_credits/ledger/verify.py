@@ -196,10 +196,14 @@ def _check_keys(conn, keys: CheckResult, reversals: CheckResult) -> None:
             .group_by(transfers.c.reversal_of).having(func.count() > 1).limit(MAX_EXAMPLES)):
         reversals.add(f"transfer {original} reversed {count} times")
     original = transfers.alias("original")
+    # A reversed grant or earn gives back what was still free of its lot (Ledger.reverse):
+    # up to its amount. Any other reversal moves exactly the original's amount.
+    partial = original.c.kind.in_(("grant", "earn"))
     for reversal_id, in conn.execute(
             select(transfers.c.id)
             .join(original, original.c.id == transfers.c.reversal_of)
-            .where((transfers.c.amount != original.c.amount)
+            .where((partial & (transfers.c.amount > original.c.amount))
+                   | (~partial & (transfers.c.amount != original.c.amount))
                    | (transfers.c.debit_account_id != original.c.credit_account_id)
                    | (transfers.c.credit_account_id != original.c.debit_account_id)
                    | (transfers.c.kind != "reverse"))

@@ -24,11 +24,12 @@ import os
 import signal
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
+from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Enum, Float, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from ..catalog import load_catalog
@@ -38,7 +39,8 @@ from ..ledger.core import utcnow
 from ..sessions.allocator import LocalGpuAllocator
 from ..sessions.inventory import local_inventory
 from ..sessions.store import SessionStore
-from .api import NotFoundHandler, default_handlers
+from .api import HubUserHandler, NotFoundHandler, default_handlers
+from .api.events import MAX_BODY_BYTES
 from .context import ServiceContext
 from .hub import HubClient
 from .meter import Meter
@@ -56,16 +58,22 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
         return self.settings["hub_auth"]
 
 
-class HomeHandler(HubOAuthenticated, web.RequestHandler):
-    """The service's page in the hub's Services menu: log in, then see your credits."""
+class HomeHandler(HubUserHandler):
+    """The service's page in the hub's Services menu: log in, then see your credits.
 
-    @property
-    def hub_auth(self):
-        return self.settings["hub_auth"]
+    The caller is identified in ``prepare`` without blocking the event loop;
+    ``@web.authenticated`` then sends a browser without a login to the hub's.
+    """
 
     @web.authenticated
     def get(self):
         self.redirect(url_path_join(self.settings["credits_prefix"], "api/me"))
+
+    def get_login_url(self):
+        if self.denied:  # known to the hub, not allowed here: logging in again cannot help
+            raise web.HTTPError(403, f"{self.denied.get('kind', 'user')} "
+                                     f"{self.denied.get('name')} may not use the credits service")
+        return super().get_login_url()
 
 
 class CreditsService(Application):
@@ -136,9 +144,18 @@ class CreditsService(Application):
     gpu_host = Unicode("local", config=True,
                        help="The host name the local allocator records assignments under.")
 
-    settle_interval = Float(60, config=True, help="""Seconds between two passes that make
+    earnings_pay_interval = Float(60, config=True, help="""Seconds between two passes that make
         the ledger transfers of earned events that have none yet (after a crash between
         storing an event and earning it); 0 switches them off.""")
+
+    max_body_size = Integer(MAX_BODY_BYTES, min=1, config=True, help=f"""The largest request
+        body (bytes) the service reads; a longer one is refused from its Content-Length
+        (400, connection closed) before it is read, and before authentication. The default,
+        {MAX_BODY_BYTES:,}, is what the largest legitimate request needs: a full batch of
+        events (service/api/events.py: MAX_BODY_BYTES). Tornado's own default is 100 MB.
+        A handler that someday takes uploads raises the limit for its own requests only:
+        decorate it with @tornado.web.stream_request_body and call
+        self.request.connection.set_max_body_size(n) in its prepare().""")
 
     run_meter = Bool(True, config=True, help="""Run the meter (billing, warnings, expiry,
         reconciliation) in this process. Run it in exactly one service process.""")
@@ -167,13 +184,15 @@ class CreditsService(Application):
     def make_context(self, *, clock=utcnow) -> ServiceContext:
         catalog = load_catalog(self.catalog_path)
         ledger = Ledger.open(self.db_url, clock=clock)
-        store = SessionStore(ledger)
+        sessions = SessionStore(ledger)
         hub = HubClient(self.hub_api_url, self.api_token, timeout=self.hub_timeout)
-        context = ServiceContext(ledger=ledger, store=store, catalog=catalog, hub=hub,
+        context = ServiceContext(ledger=ledger, sessions=sessions, catalog=catalog, hub=hub,
                                  clock=clock, allocator=self.make_allocator(catalog, ledger),
                                  earning=EarningService(ledger, earning_rules(catalog)))
         if self.run_meter:
-            context.meter = Meter(parent=self, store=store, hub=hub, catalog=catalog,
+            # Its own hub client: the meter makes it resolve on the meter's own threads.
+            meter_hub = HubClient(self.hub_api_url, self.api_token, timeout=self.hub_timeout)
+            context.meter = Meter(parent=self, sessions=sessions, hub=meter_hub, catalog=catalog,
                                   clock=clock, lock=context.lock)
         return context
 
@@ -204,43 +223,47 @@ class CreditsService(Application):
             handlers, credits=context, hub_auth=hub_auth, credits_prefix=prefix,
             cookie_secret=os.urandom(32), login_url=hub_auth.login_url, xsrf_cookies=False)
 
+    def make_server(self, app: web.Application) -> HTTPServer:
+        """The HTTP server for ``app``, refusing bodies over ``max_body_size`` unread."""
+        return HTTPServer(app, max_body_size=self.max_body_size)
+
     # --- running -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
         context = self.make_context()
         app = self.make_app(context)
         url = urlparse(self.bind_url or self.service_url)
-        app.listen(url.port, url.hostname)
+        self.make_server(app).listen(url.port, url.hostname)
         self.log.info("credits service listening on %s%s", self.service_url, self.service_prefix)
         if context.meter is not None:
             context.meter.start()
-        settler = None
-        if self.settle_interval > 0 and context.earning is not None:
-            settler = PeriodicCallback(lambda: self.settle_earnings(context),
-                                       self.settle_interval * 1000)
-            settler.start()
+        payer = None
+        if self.earnings_pay_interval > 0 and context.earning is not None:
+            payer = PeriodicCallback(lambda: self.pay_earnings(context),
+                                       self.earnings_pay_interval * 1000)
+            payer.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         await stopping.wait()
         self.log.info("credits service stopping")
-        if settler is not None:
-            settler.stop()
+        if payer is not None:
+            payer.stop()
         if context.meter is not None:
             context.meter.stop()
         context.ledger.close()
 
-    async def settle_earnings(self, context: ServiceContext) -> int:
+    async def pay_earnings(self, context: ServiceContext) -> int:
         """Earn what stored events earned but were not yet paid for (idempotent)."""
         try:
-            settled = await asyncio.to_thread(context.earning.settle_pending)
+            paid = await asyncio.to_thread(context.earning.pay_pending)
         except Exception:  # noqa: BLE001 - the next pass tries again
-            self.log.exception("credits: settling pending earnings failed")
+            self.log.exception("credits: paying pending earnings failed")
             return 0
-        if settled:
-            self.log.info("credits: settled %d pending earnings", settled)
-        return settled
+        if paid:
+            self.log.info("credits: paid %d pending earnings", paid)
+        return paid
 
     def start(self):
         asyncio.run(self.serve())

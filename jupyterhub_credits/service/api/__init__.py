@@ -13,10 +13,10 @@ Paths are relative to the service prefix (``/services/credits/``):
 """
 
 from . import admin, catalog, earnings, events, freeze, me, sessions
-from .base import APIError, APIHandler, NotFoundHandler
+from .base import APIError, APIHandler, HubUserHandler, NotFoundHandler
 
 default_handlers = []
 for _module in (me, admin, sessions, catalog, events, earnings, freeze):
     default_handlers.extend(_module.default_handlers)
 
-__all__ = ["APIError", "APIHandler", "NotFoundHandler", "default_handlers"]
+__all__ = ["APIError", "APIHandler", "HubUserHandler", "NotFoundHandler", "default_handlers"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
+from ...quoting import quote_input
 from ..auth import READ
 from ..hub import HubUnavailable
 from .base import APIError, APIHandler
@@ -12,7 +11,6 @@ from .me import account_snapshot
 
 class UserAPIHandler(APIHandler):
     async def get(self, name: str):
-        name = unquote(name)
         self.require_login()
         try:
             hub_user = await self.credits.hub.user(name)
@@ -22,7 +20,7 @@ class UserAPIHandler(APIHandler):
         # custom:credits:admin includes read; !user=NAME and !group=G filters count too.
         self.require(READ, user=name, groups=groups)
         if hub_user is None:
-            raise APIError(404, f"no such user: {name}")
+            raise APIError(404, f"no such user: {quote_input(name)}")
         self.write_json(await self.run(account_snapshot, self.credits, name))
 
 

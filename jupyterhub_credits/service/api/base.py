@@ -19,6 +19,7 @@ from http.client import responses
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
+from ...quoting import quote_input
 from ..auth import has_scope, is_user
 from ..context import ServiceContext
 
@@ -31,11 +32,35 @@ class APIError(web.HTTPError):
         self.message = message
 
 
-class APIHandler(HubOAuthenticated, web.RequestHandler):
+class HubUserHandler(HubOAuthenticated, web.RequestHandler):
+    """A handler whose caller the hub identifies before the method runs, without blocking.
+
+    ``HubAuthenticated.get_current_user`` asks the hub synchronously (a round
+    trip on a helper thread while the event loop waits). ``prepare`` asks with
+    ``get_user(sync=False)`` instead and fills the cache ``get_current_user``
+    reads, so ``self.current_user`` and ``@web.authenticated`` never block.
+    ``self.denied`` is the hub model of a caller the hub knows but who may
+    not use this service (then ``current_user`` is None).
+    """
+
+    denied: dict | None = None
+
     @property
     def hub_auth(self):
         return self.settings["hub_auth"]
 
+    async def prepare(self):
+        self.denied = None
+        model = await self.hub_auth.get_user(self, sync=False)
+        if model:
+            try:
+                model = self.check_hub_user(model)
+            except UserNotAllowed:
+                self.denied, model = model, None
+        self._hub_auth_user_cache = model
+
+
+class APIHandler(HubUserHandler):
     @property
     def credits(self) -> ServiceContext:
         return self.settings["credits"]
@@ -44,25 +69,14 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
 
-    async def prepare(self):
-        # Identify the caller without blocking the event loop (get_current_user would).
-        self._denied = None
-        model = await self.hub_auth.get_user(self, sync=False)
-        if model:
-            try:
-                model = self.check_hub_user(model)
-            except UserNotAllowed:
-                self._denied, model = model, None
-        self._hub_auth_user_cache = model
-
     # --- who may ------------------------------------------------------------------------
 
     def require_login(self) -> dict:
         model = self.current_user
         if model:
             return model
-        if self._denied:
-            raise APIError(403, f"{self._denied.get('kind', 'user')} {self._denied.get('name')} "
+        if self.denied:
+            raise APIError(403, f"{self.denied.get('kind', 'user')} {self.denied.get('name')} "
                                 "may not use the credits service")
         raise APIError(401, "authentication required: send 'Authorization: token <token>' "
                             "or log in through the hub")
@@ -89,13 +103,13 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         """The request body as a JSON object with only ``allowed`` keys (numbers exact)."""
         try:
             body = json.loads(self.request.body or b"{}", parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # 100,000 "[" recurse
             raise APIError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         unknown = sorted(set(body) - allowed)
         if unknown:
-            raise APIError(400, f"unknown field {unknown[0]!r}; expected: "
+            raise APIError(400, f"unknown field {quote_input(unknown[0])}; expected: "
                                 f"{', '.join(sorted(allowed))}")
         return body
 
@@ -126,4 +140,4 @@ class NotFoundHandler(APIHandler):
     """JSON 404 for any other path under the API."""
 
     async def prepare(self):
-        raise APIError(404, f"no such API endpoint: {self.request.path}")
+        raise APIError(404, f"no such API endpoint: {quote_input(self.request.path, 100)}")

@@ -6,24 +6,25 @@ and the caller's events with their outcomes, newest first (``limit`` 1-200,
 default 50; ``before`` an event id: the page after it; ``next_before`` gives the
 next page, null at the end). Needs ``custom:credits:read`` for the caller.
 
-``api/leaderboard?days=7&limit=10`` — top earners over the last ``days`` (1-365)
+``api/leaderboard?days=7&limit=10`` — top earners over the last ``days`` (1-366)
 days: rank, user and credits earned (the signup bonus and reversed earnings
 left out), nothing else. Readable by any user with ``custom:credits:read`` (for
-themselves is enough) and by services with it unfiltered.
+themselves is enough) and by services with it unfiltered. Each (days, limit)
+is computed at most once a minute (``EarningService.recent_leaders``).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from ...earning import EarningError
+from ...earning.store import MAX_LEADERBOARD_DAYS
 from ...ledger.records import iso
+from ...quoting import quote_input
 from ..auth import READ, is_user
 from .base import APIError, APIHandler
 
 MAX_HISTORY = 200
 MAX_LEADERS = 100
-MAX_DAYS = 365
+MAX_DAYS = MAX_LEADERBOARD_DAYS
 
 
 def int_argument(handler: APIHandler, name: str, default: int | None, *, minimum: int,
@@ -32,10 +33,14 @@ def int_argument(handler: APIHandler, name: str, default: int | None, *, minimum
     text = handler.get_query_argument(name, None)
     if text is None or text == "":
         return default
+    # A bound on the text first: int() of thousands of digits is slow, then refused anyway.
+    if len(text) > len(str(maximum)) + 1:
+        raise APIError(400, f"{name} must be between {minimum} and {maximum}, "
+                            f"not {quote_input(text)}")
     try:
         value = int(text)
     except ValueError:
-        raise APIError(400, f"{name} must be a whole number, not {text!r}") from None
+        raise APIError(400, f"{name} must be a whole number, not {quote_input(text)}") from None
     if not minimum <= value <= maximum:
         raise APIError(400, f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
@@ -79,8 +84,7 @@ class LeaderboardAPIHandler(APIHandler):
         limit = int_argument(self, "limit", 10, minimum=1, maximum=MAX_LEADERS)
         if self.credits.earning is None:
             raise APIError(503, "earning is not available in this service process")
-        since = self.credits.clock() - timedelta(days=days)
-        leaders = await self.run(self.credits.earning.leaderboard, since, limit)
+        since, leaders = await self.run(self.credits.earning.recent_leaders, days, limit)
         self.write_json({
             "days": days,
             "since": iso(since),

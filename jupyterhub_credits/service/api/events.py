@@ -15,7 +15,9 @@ signup, model_*) are rejected by the rules, and claims earn only while the
 user has a running session, within the daily bound.
 
 Refused as a whole: a body that is not JSON, or not a list (400); more than
-``MAX_BATCH`` events or a body over ``MAX_BODY_BYTES`` (413).
+``MAX_BATCH`` events or a body over ``MAX_BODY_BYTES`` (413). The service's HTTP
+server refuses a body over ``max_body_size`` (by default ``MAX_BODY_BYTES``)
+before reading it, from its Content-Length (400, connection closed).
 """
 
 from __future__ import annotations
@@ -23,11 +25,21 @@ from __future__ import annotations
 import json
 
 from ...earning import MAX_BATCH, SERVER, EarningError
+from ...earning.store import MAX_PAYLOAD_BYTES
 from ..auth import EVENTS
 from .base import APIError, APIHandler
 
-#: The largest request body taken (bytes); a full batch of ordinary events fits easily.
-MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Bytes of one event's JSON besides its payload, at the most: a key of MAX_KEY_LENGTH
+#: (200) and a kind of 64 characters, each written as 6-byte "\uXXXX" escapes in the worst
+#: case (1,584 bytes), a time (about 35), the field names, quotes and separators (about 50).
+EVENT_ENVELOPE_BYTES = 2048
+#: The largest request body the service reads (bytes): the largest legitimate batch,
+#: MAX_BATCH (1,000) events, each a payload of up to MAX_PAYLOAD_BYTES (16,384, the most
+#: that is kept) in its envelope: 1,000 × (16,384 + 2,048) = 18,432,000 bytes, about 18 MB.
+#: The service's HTTP server refuses a longer body from its Content-Length, before reading
+#: it (``CreditsService.max_body_size``, which defaults to this); the check in
+#: ``parse_batch`` holds for a body that reached us anyway (a server configured higher).
+MAX_BODY_BYTES = MAX_BATCH * (MAX_PAYLOAD_BYTES + EVENT_ENVELOPE_BYTES)
 
 
 def parse_batch(body: bytes) -> list:

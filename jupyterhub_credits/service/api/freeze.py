@@ -9,9 +9,8 @@ The answer is ``{"user", "frozen"}``.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from ...earning import EarningError
+from ...quoting import quote_input
 from ..auth import ADMIN
 from ..hub import HubUnavailable
 from .base import APIError, APIHandler
@@ -21,13 +20,11 @@ MAX_REASON = 1000
 
 class FreezeAPIHandler(APIHandler):
     async def get(self, name: str):
-        name = unquote(name)
         self.require(ADMIN)
         frozen = await self._call("is_frozen", name)
         self.write_json({"user": name, "frozen": frozen})
 
     async def post(self, name: str):
-        name = unquote(name)
         model = self.require(ADMIN)
         reason = self.json_body({"reason"}).get("reason") or ""
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
@@ -37,7 +34,6 @@ class FreezeAPIHandler(APIHandler):
         self.write_json({"user": name, "frozen": True, "reason": reason})
 
     async def delete(self, name: str):
-        name = unquote(name)
         model = self.require(ADMIN)
         await self._call("unfreeze", name, actor=_actor(model))
         self.write_json({"user": name, "frozen": False})
@@ -48,7 +44,7 @@ class FreezeAPIHandler(APIHandler):
         except HubUnavailable:
             raise APIError(503, "the hub is not answering; try again shortly") from None
         if hub_user is None:
-            raise APIError(404, f"no such user: {name}")
+            raise APIError(404, f"no such user: {quote_input(name)}")
 
     async def _call(self, method: str, *args, **kwargs):
         earning = self.credits.earning

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from ...ledger import LedgerError
+from ...ledger.core import user_account
+from ...ledger.errors import InvalidRequest
 from ..auth import READ
 from ..models import account_to_dict
-from .base import APIHandler
+from .base import APIError, APIHandler
 
 
 def account_snapshot(context, user: str) -> dict:
-    """Balance and open sessions of ``user``, read together (blocking: run in a thread)."""
+    """Balance and open sessions of the hub user ``user`` (blocking: run in a thread)."""
     try:
-        balance = context.ledger.balance(f"user:{user}")
+        account = user_account(user)
+    except InvalidRequest as error:
+        raise APIError(400, str(error)) from None
+    try:
+        balance = context.ledger.balance(account)
     except LedgerError:  # no account yet: nothing granted, nothing spent
         balance = None
-    sessions = context.store.open_sessions(user)
+    sessions = context.sessions.open_sessions(user)
     return account_to_dict(user, balance, sessions, context.clock(), context.notices())
 
 

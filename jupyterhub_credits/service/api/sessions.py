@@ -3,8 +3,9 @@
 Body (JSON object; either field or both):
 
 - ``"hours"``: more hours to hold now (a decimal string such as ``"1.5"``, or
-  a JSON number, read exactly). Refused with 403 when the session's total paid
-  time would exceed the caller's ``max_hours_per_session``, with 402 when the
+  a JSON number, read exactly). Refused with 403 when it is less than the
+  caller's ``min_extension_minutes`` or the session's total paid time would
+  exceed the caller's ``max_hours_per_session``, with 402 when the
   paying account's available balance does not cover it; the message says how
   much could be added.
 - ``"auto_extend"``: ``true`` / ``false`` — let the meter extend the session by
@@ -16,10 +17,10 @@ is ``{"session": {...as in /api/me}, "message": "..."}``.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from ...catalog import BALANCE, QUOTA, InvalidHours, effective_quotas, parse_hours
 from ...ledger import LedgerError
+from ...ledger.core import user_account
+from ...quoting import quote_input
 from ...sessions.store import SessionError
 from ..auth import SPEND
 from ..extension import decide_extension
@@ -28,13 +29,6 @@ from .base import APIError, APIHandler
 
 #: The same statuses the spawner uses for the same refusals.
 REFUSAL_STATUS = {QUOTA: 403, BALANCE: 402}
-
-
-def _available(ledger, account: str) -> int:
-    try:
-        return ledger.balance(account).available
-    except LedgerError:
-        return 0
 
 
 def parse_extend_body(body: dict):
@@ -50,7 +44,7 @@ def parse_extend_body(body: dict):
             raise APIError(400, str(error)) from None
     auto_extend = body.get("auto_extend")
     if auto_extend is not None and not isinstance(auto_extend, bool):
-        raise APIError(400, f'"auto_extend" must be true or false, not {auto_extend!r}')
+        raise APIError(400, f'"auto_extend" must be true or false, not {quote_input(auto_extend)}')
     return hours, auto_extend
 
 
@@ -60,38 +54,42 @@ class ExtendAPIHandler(APIHandler):
         user, groups = model["name"], model.get("groups") or ()
         self.require(SPEND, user=user, groups=groups)
         hours, auto_extend = parse_extend_body(self.json_body({"hours", "auto_extend"}))
-        server_name = server_from_path(unquote(server))
+        server_name = server_from_path(server)
         context = self.credits
-        store = context.store
+        sessions = context.sessions
         message = ""
+        # Under the lock the meter shares, database work runs on the meter's own threads:
+        # a lock held while waiting for the default pool would hold up the meter behind
+        # every other request.
+        run = context.meter.db if context.meter is not None else self.run
         async with context.lock:
-            session = await self.run(store.open_session, user, server_name)
+            session = await run(sessions.open_session, user, server_name)
             if session is None:
                 raise APIError(404, f"{user} has no open session on server "
-                                    f"{server_label(server_name)!r}")
+                                    f"{quote_input(server_label(server_name))}")
             if session.state not in ("starting", "running"):
                 raise APIError(409, "this session is ending and cannot be changed")
             if hours is not None:
                 quotas = effective_quotas(context.catalog, groups)
-                available = await self.run(_available, context.ledger, session.account)
+                available = await run(context.ledger.available, session.account)
                 decision = decide_extension(rate=session.rate_per_hour, held=session.held,
                                             hours=hours, available=available, quotas=quotas)
                 if not decision.ok:
                     raise APIError(REFUSAL_STATUS.get(decision.reason, 400), decision.message)
                 try:
-                    await self.run(store.extend, session.key, decision.hold_units,
-                                   actor=f"user:{user}")
+                    await run(sessions.extend, session.key, decision.hold_units,
+                              actor=user_account(user))
                 except SessionError as error:
                     raise APIError(409, str(error)) from None
                 except LedgerError as error:  # the balance changed since we looked
                     raise APIError(402, str(error)) from None
-                await self.run(store.reset_warnings, session.key)
+                await run(sessions.reset_warnings, session.key)
                 message = decision.message
             if auto_extend is not None:
-                await self.run(store.set_auto_extend, session.key, auto_extend)
+                await run(sessions.set_auto_extend, session.key, auto_extend)
                 message = " ".join(filter(None, [message, "Auto-extend is " + (
                     "on." if auto_extend else "off.")]))
-            session = await self.run(store.get, session.key)
+            session = await run(sessions.get, session.key)
         self.write_json({"session": session_to_dict(session, context.clock(),
                                                     notice=context.notices().get(session.key)),
                          "message": message})

@@ -1,8 +1,9 @@
 """Earning events through the credits service's HTTP API: throughput, latency, exactness.
 
-Starts a real JupyterHub (its proxy, the credits service, local CPU servers)
-on a fresh temporary PostgreSQL database, with a catalog whose earning rules
-neither cap nor rate-limit a flood, then posts events as the single-user
+Starts a real JupyterHub (its proxy, the credits service, local servers, each
+a 1-GPU session on a declared fake local T4) on a fresh temporary PostgreSQL
+database, with a catalog whose earning rules neither cap nor rate-limit a
+flood, then posts events as the single-user
 servers do (each server's own token) with 1, 8 and 32 concurrent clients, one
 event per POST ("single") or 100 ("batch"), through the hub's proxy and
 straight to the service's port. Every client also re-sends earlier requests
@@ -31,7 +32,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,9 @@ from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.ledger import database as ledger_database
 from jupyterhub_credits.ledger.schema import accounts, transfers
 from jupyterhub_credits.ledger.verify import verify
-from tests.hub import CATALOG, HubProcess, wait_for
+from jupyterhub_credits.sessions.store import SessionStore
+from tests.hub import CATALOG, HubProcess
+from tests.waiting import wait_for
 
 #: One event in this many is a training run (earns 0.5 credits through the ledger); the
 #: others are GPU utilisation samples (stored as "earned" with 0 units, no ledger transfer).
@@ -68,14 +71,30 @@ RESEND_EVERY = 10
 DOUBLE_EVERY = 25
 STORED = ("earned", "capped", "rejected")
 RUN_UNITS = 500  # training_run points "0.5" in units
+#: What each bench user's server is: GPU samples count only from a session with GPUs, and
+#: only for as many GPUs as it has, so each is a 1-GPU session on a fake local T4.
+GPU_TYPE = "t4"
+IMAGE = "tf-2.21"
+SESSION_GPUS = 1
+#: The length every training run claims. A run counts only if a session of its user had
+#: been up that long when it ended, so the bench waits until every server has been up this
+#: long before it sends anything (short, so the wait is short).
+RUN_SECONDS = 5
 
 
 # --- the hub --------------------------------------------------------------------------
 
 
 def flood_catalog(path: Path) -> Path:
-    """The shipped catalog with earning loosened so that no event is capped or rate-limited."""
+    """The shipped catalog with earning loosened so that no event is capped or rate-limited,
+    and the bench's GPU sessions allowed (one per user, ``SESSION_GPUS`` each)."""
     catalog = yaml.safe_load(CATALOG.read_text())
+    image = catalog["images"][IMAGE]
+    if GPU_TYPE not in image["gpu_types"]:
+        image["gpu_types"].append(GPU_TYPE)
+    quotas = catalog["quotas"]
+    quotas["max_gpus_per_session"] = max(quotas["max_gpus_per_session"], SESSION_GPUS)
+    quotas["max_concurrent_gpu_sessions"] = max(quotas["max_concurrent_gpu_sessions"], 1)
     earning = catalog["earning"]
     earning["rate_limit_per_minute"] = 100_000_000
     earning["max_claims_per_day"] = 100_000_000  # credits
@@ -93,13 +112,20 @@ def server_token(hub: HubProcess, user: str) -> str:
     return environ[b"JUPYTERHUB_API_TOKEN"].decode()
 
 
+def local_gpus(count: int) -> str:
+    """Fake local GPUs for the hub, one per bench user: ``t4:0,t4:1,...``."""
+    return ",".join(f"{GPU_TYPE}:{index}" for index in range(count * SESSION_GPUS))
+
+
 def start_sessions(hub: HubProcess, ledger: Ledger, users: list[str]) -> dict[str, str]:
-    """A running CPU server per user; the server's own token by user."""
+    """A running 1-GPU server per user, up at least ``RUN_SECONDS``; the server's own token
+    by user."""
     for user in users:
+        # 1000 credits: an hour of a T4 holds 5.
         ledger.grant(user, 1_000_000, key=f"bench-grant:{user}", reason="bench", actor="bench")
         hub.api("POST", f"/users/{user}")
         response = hub.api("POST", f"/users/{user}/server", json={"user_options": {
-            "image": "tf-2.21-cpu", "gpu_type": "none", "gpus": 0, "hours": "1"}})
+            "image": IMAGE, "gpu_type": GPU_TYPE, "gpus": SESSION_GPUS, "hours": "1"}})
         if response.status_code not in (201, 202):
             raise RuntimeError(f"could not start {user}'s server: {response.status_code} "
                                f"{response.text}")
@@ -107,6 +133,13 @@ def start_sessions(hub: HubProcess, ledger: Ledger, users: list[str]) -> dict[st
     for user in users:
         hub.wait_ready(user, timeout=180)
         tokens[user] = server_token(hub, user)
+    # The session's ready time is what the service measures a run's length against.
+    store = SessionStore(ledger)
+    ready = {user: wait_for(lambda user=user: getattr(store.open_session(user), "ready_at", None),
+                            what=f"{user}'s session to be ready") for user in users}
+    latest = max(ready.values())
+    wait_for(lambda: datetime.now(UTC) - latest >= timedelta(seconds=RUN_SECONDS),
+             timeout=RUN_SECONDS + 30, what=f"every server to be up {RUN_SECONDS} s")
     return tokens
 
 
@@ -180,7 +213,7 @@ def now_iso() -> str:
 def make_event(key: str, index: int, moment: str) -> dict:
     if RUN_EVERY and index % RUN_EVERY == 0:
         return {"kind": "training_run", "key": key, "time": moment,
-                "payload": {"epochs": 1, "steps": 10, "duration_s": 60,
+                "payload": {"epochs": 1, "steps": 10, "duration_s": RUN_SECONDS,
                             "metrics": {"loss": 0.1}}}
     return {"kind": "gpu_utilization", "key": key, "time": moment,
             "payload": {"minute": moment, "gpus": [{"index": 0, "util": 50,
@@ -561,8 +594,9 @@ def main(argv=None) -> int:
         "machine": machine(args.pg_url),
         "setup": {"users": args.users, "duration_s_per_measurement": duration,
                   "batch": args.batch, "clients": client_counts,
-                  "event_mix": (f"1 in {RUN_EVERY} a training_run (earns 0.50 through the "
-                                "ledger), the others gpu_utilization samples (stored, earn 0)"
+                  "event_mix": (f"1 in {RUN_EVERY} a training_run of {RUN_SECONDS} s (earns "
+                                "0.50 through the ledger), the others gpu_utilization samples "
+                                "(stored, earn 0)"
                                 if RUN_EVERY else "gpu_utilization samples only (stored, earn 0)"),
                   "resend_every": RESEND_EVERY, "double_send_every": DOUBLE_EVERY},
     }
@@ -570,7 +604,8 @@ def main(argv=None) -> int:
             postgres_database(args.pg_url) as db_url:
         database = db_url.rsplit("/", 1)[1].split("?")[0]
         catalog = flood_catalog(Path(tmp) / "catalog.yaml")
-        hub = HubProcess(Path(tmp) / "hub", db_url=db_url, catalog=catalog, meter_interval=10)
+        hub = HubProcess(Path(tmp) / "hub", db_url=db_url, catalog=catalog, meter_interval=10,
+                         local_gpus=local_gpus(len(users)))
         ledger = None
         try:
             log("starting the hub")
@@ -578,7 +613,7 @@ def main(argv=None) -> int:
             hub.start(timeout=120)
             result["setup"]["hub_start_s"] = round(time.monotonic() - started, 1)
             ledger = Ledger.open(db_url, upgrade=False)
-            log(f"starting {len(users)} CPU servers")
+            log(f"starting {len(users)} {SESSION_GPUS}-GPU ({GPU_TYPE}) servers")
             started = time.monotonic()
             tokens = start_sessions(hub, ledger, users)
             result["setup"]["servers_start_s"] = round(time.monotonic() - started, 1)

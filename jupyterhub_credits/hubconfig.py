@@ -173,13 +173,16 @@ def earning_service(context):
 
     service = context.extras.get("earning")
     if service is None:
-        service = context.extras["earning"] = EarningService(context.ledger,
-                                                             earning_rules(context.catalog))
+        service = context.extras["earning"] = EarningService(
+            context.ledger, earning_rules(context.catalog), sessions=context.sessions)
     return service
 
 
 def record_login(context, user: str) -> list[dict]:
-    """Record ``user``'s login through the earning rules (source "hub": trusted); the outcomes.
+    """Record the hub user ``user``'s login through the earning rules (source "hub": trusted).
+
+    ``user`` is the hub name as the authenticator gave it, verbatim (the hub user
+    ``user:bob`` earns into ``user:user:bob``, never into bob's account); the outcomes.
 
     The signup event earns the ``signup`` rule once per user, ever; the daily
     login earns ``daily_login`` once per UTC day (keyed ``login:<date>``).

@@ -25,7 +25,7 @@ class FakeCreditsService:
         self.earned: dict[str, dict] = {}  # key -> event, counted once
         self.failures: list[object] = []  # what to do with the next event posts: int | "drop" | ...
         self.me = {"user": "alice", "balance": "12.50", "sessions": []}
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # the HTTP server answers on its own threads
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,23 +86,22 @@ class FakeCreditsService:
         self.server.server_close()
 
     def fail_next(self, *failures) -> None:
-        with self._cond:
+        with self._lock:
             self.failures.extend(failures)
 
     def _next_failure(self):
-        with self._cond:
+        with self._lock:
             return self.failures.pop(0) if self.failures else None
 
     def _record(self, handler, events, failure=None) -> None:
-        with self._cond:
+        with self._lock:
             self.requests.append({"method": handler.command, "path": handler.path,
                                   "authorization": handler.headers.get("Authorization"),
                                   "events": events, "failure": failure})
-            self._cond.notify_all()
 
     def _intake(self, events) -> list[dict]:
         outcomes = []
-        with self._cond:
+        with self._lock:
             for event in events:
                 if event["key"] in self.earned:
                     outcomes.append({"key": event["key"], "outcome": "duplicate", "points": 0,
@@ -111,14 +110,8 @@ class FakeCreditsService:
                     self.earned[event["key"]] = event
                     outcomes.append({"key": event["key"], "outcome": "earned", "points": 1,
                                      "reason": None})
-            self._cond.notify_all()
         return outcomes
 
     def event_posts(self) -> list[dict]:
-        with self._cond:
+        with self._lock:
             return [r for r in self.requests if r["method"] == "POST"]
-
-    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
-        """Wait until ``predicate(self)`` holds (re-checked on every request)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self), timeout)

@@ -11,19 +11,23 @@ The hub's catalog is the shipped one with two earning knobs loosened
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from sqlalchemy import update
 
 from jupyterhub_credits.earning import EarningService
 from jupyterhub_credits.ledger.verify import verify
-from tests.hub import CATALOG, HubProcess, wait_for
+from jupyterhub_credits.sessions.schema import sessions
+from tests.hub import CATALOG
+from tests.realhub import log_in
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.hub(logins_earn=True, catalog={
+    "earning": {"rate_limit_per_minute": 100_000,
+                "rules": {"training_run": {"max_per_day": None, "min_interval_s": 0}}}})]
 
 BOUND = 4_000  # max_claims_per_day in the shipped catalog, in units
 RUN = {"epochs": 3, "steps": 300, "duration_s": 300, "metrics": {"loss": 0.1}}
@@ -39,61 +43,30 @@ def run_event(key: str, duration_s: float = 300) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, module_postgres_url):
-    workdir = tmp_path_factory.mktemp("hub")
-    catalog = yaml.safe_load(CATALOG.read_text())
-    catalog["earning"]["rate_limit_per_minute"] = 100_000
-    catalog["earning"]["rules"]["training_run"].update(max_per_day=None, min_interval_s=0)
-    assert catalog["earning"]["max_claims_per_day"] * 1000 == BOUND
-    path = Path(workdir) / "catalog.yaml"
-    path.write_text(yaml.safe_dump(catalog))
-    hub = HubProcess(workdir / "hub", db_url=module_postgres_url, catalog=path, extra_config="""
-        from jupyterhub_credits.hubconfig import earning_hook
-        c.Authenticator.post_auth_hook = earning_hook()
-    """)
-    hub.start()
-    yield hub
-    hub.stop()
-
-
-@pytest.fixture(scope="module")
-def ledger(module_ledger):
-    return module_ledger
-
-
-@pytest.fixture(scope="module")
-def sam(hub, ledger):
+def sam(hub, hub_ledger):
     """sam runs a CPU server; (sam's server token, sam's own token)."""
-    ledger.grant("sam", 10_000, key="grant:sam", reason="test", actor="test")
-    hub.api("POST", "/users/sam")
-    response = hub.api("POST", "/users/sam/server", json={"user_options": {
-        "image": "tf-2.21-cpu", "gpu_type": "none", "gpus": 0, "hours": "1"}})
-    assert response.status_code in (201, 202), response.text
-    hub.wait_ready("sam")
-    pid = wait_for(lambda: hub.server_pids().get("sam"), what="sam's server pid")
-    environ = dict(item.split(b"=", 1) for item in
-                   Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-    return environ[b"JUPYTERHUB_API_TOKEN"].decode(), hub.user_token("sam")
+    hub.grant("sam", 10)
+    session = hub.running_server("sam", image="tf-2.21-cpu", gpu_type="none", gpus=0, hours="1")
+    # A run counts only if the session was up as long: sam's server has been up ten minutes.
+    earlier = timedelta(minutes=10)
+    with hub_ledger.engine.begin() as conn:
+        conn.execute(update(sessions).where(sessions.c.key == session.key).values(
+            ready_at=session.ready_at - earlier, paid_until=session.paid_until - earlier,
+            billed_until=session.ready_at - earlier))
+    return hub.server_environment("sam")["JUPYTERHUB_API_TOKEN"], hub.user_token("sam")
 
 
 def post_events(hub, token, events, **kwargs):
     return hub.credits_api("POST", "/events", token=token, json=events, **kwargs)
 
 
-def log_in(hub, user):
-    browser = requests.Session()
-    browser.get(f"{hub.url}/hub/login", timeout=10)
-    response = browser.post(f"{hub.url}/hub/login", timeout=20, data={
-        "username": user, "password": "demo", "_xsrf": browser.cookies.get("_xsrf")})
+def test_a_login_earns_the_signup_bonus_once_and_the_daily_login_once_a_day(hub, hub_ledger):
+    _, response = log_in(hub.url, "newbie")
     assert response.ok, response.text[-2000:]
-    return browser
-
-
-def test_a_login_earns_the_signup_bonus_once_and_the_daily_login_once_a_day(hub, ledger):
-    log_in(hub, "newbie")
-    assert ledger.balance("newbie").available == 76_000  # 75 signup + 1 daily login
-    log_in(hub, "newbie")
-    assert ledger.balance("newbie").available == 76_000
+    assert hub_ledger.balance("newbie").available == 76_000  # 75 signup + 1 daily login
+    _, response = log_in(hub.url, "newbie")
+    assert response.ok, response.text[-2000:]
+    assert hub_ledger.balance("newbie").available == 76_000
     token = hub.user_token("newbie")
     mine = hub.credits_api("GET", "/me/earnings", token=token)
     assert mine.status_code == 200, mine.text
@@ -104,19 +77,19 @@ def test_a_login_earns_the_signup_bonus_once_and_the_daily_login_once_a_day(hub,
     rules = {rule["rule"]: rule for rule in mine.json()["rules"]}
     assert rules["daily_login"]["count"] == 1 and rules["daily_login"]["max_per_day"] == 1
     assert rules["signup"]["points"] == "75.00"
-    expiring = ledger.get_transfer("earn:newbie:signup")
+    expiring = hub_ledger.get_transfer("earn:newbie:signup")
     assert expiring.kind == "earn"
 
 
 def test_server_token_claims_get_one_outcome_each_in_order_and_retries_earn_nothing(
-        hub, ledger, sam):
+        hub, hub_ledger, sam):
     server_token, _ = sam
-    before = ledger.balance("sam").available
+    before = hub_ledger.balance("sam").available
     batch = [
         run_event("run-1"),
         run_event("run-short", duration_s=10),
         {"kind": "notebook_activity", "key": "nb-1", "time": now_iso(),
-         "payload": {"active_minutes": 30}},
+         "payload": {"active_minutes": 5}},
         {"kind": "login", "key": "login:forged", "time": now_iso(), "payload": {}},
         {"kind": "signup", "key": "signup", "payload": {}},
         {"kind": "gpu_utilization", "key": "gpu-1", "time": now_iso(),
@@ -130,21 +103,22 @@ def test_server_token_claims_get_one_outcome_each_in_order_and_retries_earn_noth
     assert [a["key"] for a in answers] == ["run-1", "run-short", "nb-1", "login:forged",
                                            "signup", "gpu-1", "odd-1", None]
     outcomes = [(a["outcome"], a["points"]) for a in answers]
-    assert outcomes[0] == ("earned", "0.50")
-    assert all(o == "rejected" for o, _ in outcomes[1:5]) and outcomes[5][0] == "earned"
+    assert outcomes[0] == ("earned", "0.50") and outcomes[2] == ("earned", "0.05")
+    assert all(outcomes[i][0] == "rejected" for i in (1, 3, 4, 5))
+    assert "without GPUs" in answers[5]["reason"]  # sam's server is a CPU one
     assert [o for o, _ in outcomes[6:]] == ["rejected", "rejected"]
     assert "too short" in answers[1]["reason"]
     assert "hub only" in answers[3]["reason"] and "hub only" in answers[4]["reason"]
-    assert all(a["points"] == "0.00" for a in answers[1:])
-    assert ledger.balance("sam").available == before + 500
+    assert all(a["points"] == "0.00" for a in answers[3:])
+    assert hub_ledger.balance("sam").available == before + 550
 
     again = post_events(hub, server_token, batch).json()
     assert [a["outcome"] for a in again[:7]] == ["duplicate"] * 7
     assert all(a["points"] == "0.00" for a in again)
-    assert ledger.balance("sam").available == before + 500
+    assert hub_ledger.balance("sam").available == before + 550
 
 
-def test_events_are_always_the_callers_own(hub, ledger, sam):
+def test_events_are_always_the_callers_own(hub, hub_ledger, sam):
     _, sam_token = sam
     newbie = hub.user_token("newbie")
     # Naming another user anywhere changes nothing: the token says whose events they are.
@@ -167,9 +141,10 @@ def test_events_are_always_the_callers_own(hub, ledger, sam):
     assert post_events(hub, None, [run_event("svc")]).status_code == 403
 
 
-def test_forged_events_earn_at_most_the_daily_bound(hub, ledger, sam):
+def test_forged_events_earn_at_most_the_daily_bound(hub, hub_ledger, sam):
+    assert yaml.safe_load(CATALOG.read_text())["earning"]["max_claims_per_day"] * 1000 == BOUND
     server_token, _ = sam
-    earned_before = EarningService(ledger).today("sam")["claims"]["units"]
+    earned_before = EarningService(hub_ledger).today("sam")["claims"]["units"]
     assert 0 < earned_before < BOUND
     total = 0
     for batch in range(2):
@@ -185,7 +160,7 @@ def test_forged_events_earn_at_most_the_daily_bound(hub, ledger, sam):
     assert today["claims"]["units"] == BOUND and today["claims"]["max_points"] == "4.00"
     capped = post_events(hub, server_token, [run_event("one-more")]).json()[0]
     assert capped["outcome"] == "capped" and "daily bound" in capped["reason"]
-    assert verify(ledger.engine).ok
+    assert verify(hub_ledger.engine).ok
 
 
 @pytest.mark.parametrize("body, status, words", [
@@ -202,7 +177,7 @@ def test_malformed_bodies_get_a_json_error(hub, sam, body, status, words):
     assert response.json()["status"] == status and words in response.json()["message"]
 
 
-def test_an_admin_freezes_earning_and_others_may_not(hub, ledger, sam):
+def test_an_admin_freezes_earning_and_others_may_not(hub, hub_ledger, sam):
     server_token, sam_token = sam
     refused = hub.credits_api("POST", "/accounts/sam/freeze", token=hub.user_token("newbie"))
     assert refused.status_code == 403 and "custom:credits:admin" in refused.json()["message"]
@@ -218,7 +193,7 @@ def test_an_admin_freezes_earning_and_others_may_not(hub, ledger, sam):
     assert hub.credits_api("GET", "/accounts/sam/freeze").json()["frozen"] is False
 
 
-def test_my_earnings_and_the_leaderboard(hub, ledger, sam):
+def test_my_earnings_and_the_leaderboard(hub, hub_ledger, sam):
     _, sam_token = sam
     mine = hub.credits_api("GET", "/me/earnings?limit=2", token=sam_token)
     assert mine.status_code == 200, mine.text

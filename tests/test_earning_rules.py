@@ -48,15 +48,15 @@ class Replay:
         self.earned: dict[str, int] = {}
         self.count = 0
 
-    def open_session(self, ready_at=None, ended_at=None):
-        span = SessionSpan(ready_at or self.clock(), ended_at)
+    def open_session(self, ready_at=None, ended_at=None, gpus=1):
+        span = SessionSpan(ready_at or self.clock(), ended_at, gpus)
         self.state = replace(self.state, sessions=self.state.sessions + (span,))
         return span
 
     def close_sessions(self):
         now = self.clock()
         self.state = replace(self.state, sessions=tuple(
-            SessionSpan(span.ready_at, span.ended_at or now) for span in self.state.sessions))
+            replace(span, ended_at=span.ended_at or now) for span in self.state.sessions))
 
     def send(self, kind, payload=None, *, source=SERVER, key=None, time=None):
         now = self.clock()

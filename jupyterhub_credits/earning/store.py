@@ -7,9 +7,13 @@ answers "duplicate" and earns nothing twice. A user's batches are decided one
 at a time (the user's row in ``credits_earning_users`` is locked), so caps and
 the daily bound on claims hold under concurrent requests.
 
-Credits move in a second step, through ``Ledger.earn`` under the key
-``earn:<user>:<event key>``: if the process stops between the two, the next
-retry of the event (or ``settle_pending``) makes the same transfer, once.
+Credits move in a second step, through ``Ledger.earn`` into the user's account
+(``user_account``: ``user:`` + the hub name) under the key ``ledger_key(user,
+event key)``: if the process stops between the two, the next retry of the event
+(or ``pay_pending``) makes the same transfer, once.
+
+``user`` is always the hub user name, verbatim, never read as an account name:
+the hub user ``user:bob`` has his own events, limits and account, not bob's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,16 +32,17 @@ from sqlalchemy.engine import Connection
 
 from ..ledger import Ledger, LedgerError, database
 from ..ledger.amounts import format_amount
-from ..ledger.core import account_name
-from ..ledger.errors import InvalidRequest
+from ..ledger.core import USER_PREFIX, Transfer, user_account
+from ..ledger.errors import IdempotencyConflict, InvalidRequest, UnknownTransfer
 from ..ledger.records import iso
 from ..ledger.schema import accounts, transfers
-from ..sessions.schema import sessions
+from ..sessions.store import SessionStore
 from .decide import (
     DERIVED,
     EARNED,
     GPU_UTILIZATION,
     KIND_RULES,
+    REJECTED,
     SERVER,
     SOURCES,
     Event,
@@ -60,6 +66,18 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 #: Payloads larger than this (as JSON) are not kept (the outcome still is).
 MAX_PAYLOAD_BYTES = 16_384
+#: A rejected event earned nothing, yet a sender may send 120 a minute, every day: of its
+#: payload no more than this is kept (a small one whole, a larger one as a summary).
+MAX_REJECTED_PAYLOAD_BYTES = 256
+#: Reasons we write are short; a longer one quotes what was sent, and is cut here.
+MAX_REASON_CHARS = 300
+#: The leaderboard looks back at most this many days.
+MAX_LEADERBOARD_DAYS = 366
+#: How long a computed leaderboard is served again: every page view asks for one, a year of
+#: transfers is a heavy sum, and a ranking a minute old is as good.
+LEADERBOARD_TTL = timedelta(seconds=60)
+#: Leaderboards kept at once (one per days/limit asked), so odd parameters cannot fill memory.
+MAX_CACHED_LEADERBOARDS = 32
 #: The key of a derived earning: ``<event key>#efficiency_bonus``.
 BONUS_SUFFIX = DERIVED + EFFICIENCY_BONUS
 #: Leaderboards leave out the signup bonus everyone gets.
@@ -83,7 +101,31 @@ class EarningError(ValueError):
 
 
 def ledger_key(user: str, event_key: str) -> str:
-    """The idempotency key of the ledger transfer an event's earning makes."""
+    """The idempotency key of the ledger transfer an event's earning makes.
+
+    Event keys may contain ``:``, so ``earn:<user>:<key>`` is unambiguous only
+    while the user name has none (the user part ends at the first ``:``). Those
+    keys stay as they always were: an event earned before this encoding existed
+    is recognised by its transfer's key and never earned twice. A user name with
+    ``:`` (JupyterHub allows it: ``a`` + ``b:c`` would be ``a:b`` + ``c``) is
+    written with its length in front, under ``earn/``, a prefix no key of the
+    first form has. Keys over 255 characters become a digest of the same parts.
+    """
+    if ":" not in user:
+        key = f"earn:{user}:{event_key}"
+        if len(key) > 255:
+            key = "earn:" + hashlib.sha256(f"{user}:{event_key}".encode()).hexdigest()
+        return key
+    key = f"earn/{len(user)}:{user}:{event_key}"
+    if len(key) > 255:
+        key = "earn/" + hashlib.sha256(f"{len(user)}:{user}:{event_key}".encode()).hexdigest()
+    return key
+
+
+def _legacy_ledger_key(user: str, event_key: str) -> str | None:
+    """The key a user name with ``:`` had before ``ledger_key`` told the parts apart."""
+    if ":" not in user:
+        return None
     key = f"earn:{user}:{event_key}"
     if len(key) > 255:
         key = "earn:" + hashlib.sha256(f"{user}:{event_key}".encode()).hexdigest()
@@ -93,11 +135,16 @@ def ledger_key(user: str, event_key: str) -> str:
 class EarningService:
     """Events → outcomes → earn transfers. Inner layer: no JupyterHub or Tornado imports."""
 
-    def __init__(self, ledger: Ledger, rules: EarningRules | None = None):
+    def __init__(self, ledger: Ledger, rules: EarningRules | None = None,
+                 sessions: SessionStore | None = None):
         self.ledger = ledger
         self.engine = ledger.engine
         self.rules = rules or default_rules()
+        self.sessions = sessions or SessionStore(ledger)
         self._dialect = self.engine.dialect.name
+        # (days, limit) → (computed at, since, leaders); see ``recent_leaders``.
+        self._leaderboards: dict[tuple[int, int], tuple[datetime, datetime, list[dict]]] = {}
+        self._leaderboards_lock = threading.Lock()
 
     @property
     def clock(self):
@@ -118,18 +165,18 @@ class EarningService:
             raise EarningError(f"at most {MAX_BATCH} events at a time, got {len(batch)}")
         name = _user(user)
         now = self.clock()
-        parsed = [parse_event(raw, now) for raw in batch]
+        parsed = [_checked(raw, now) for raw in batch]
         answers = database.run_with_retries(
             self.engine, lambda conn: self._decide_batch(conn, name, source, parsed, now))
         keys = {event.key for event in parsed if event.key is not None}
         if keys:
-            self._earn(self._unsettled(name, keys))
+            self._earn(self._unpaid(name, keys))
         return answers
 
-    def settle_pending(self, limit: int = 1000) -> int:
+    def pay_pending(self, limit: int = 1000) -> int:
         """Make the ledger transfers of earned events that have none yet (after a crash)."""
         with database.read_transaction(self.engine) as conn:
-            rows = conn.execute(_unsettled_query().order_by(events.c.id).limit(limit)).all()
+            rows = conn.execute(_unpaid_query().order_by(events.c.id).limit(limit)).all()
         return self._earn(rows)
 
     # --- admin --------------------------------------------------------------------
@@ -238,9 +285,34 @@ class EarningService:
             query = query.where(transfers.c.created_at >= since)
         with database.read_transaction(self.engine) as conn:
             rows = conn.execute(query).all()
-        return [{"rank": rank, "user": name.partition(":")[2], "points": format_amount(units),
+        # Only user accounts are read, each ``user_account(hub name)``: the name follows the prefix.
+        return [{"rank": rank, "user": name[len(USER_PREFIX):], "points": format_amount(units),
                  "units": int(units)}
                 for rank, (name, units) in enumerate(rows, start=1)]
+
+    def recent_leaders(self, days: int, limit: int = 10) -> tuple[datetime, list[dict]]:
+        """(since, leaders): the leaderboard of the last ``days`` days, computed at most once
+        per ``LEADERBOARD_TTL`` for each (days, limit)."""
+        if isinstance(days, bool) or not isinstance(days, int) \
+                or not 1 <= days <= MAX_LEADERBOARD_DAYS:
+            raise EarningError(f"days must be a whole number from 1 to {MAX_LEADERBOARD_DAYS}")
+        now = self.clock()
+        wanted = (days, limit)
+        with self._leaderboards_lock:
+            cached = self._leaderboards.get(wanted)
+        if cached is not None and now - cached[0] < LEADERBOARD_TTL:
+            return cached[1], cached[2]
+        since = now - timedelta(days=days)
+        leaders = self.leaderboard(since, limit)
+        with self._leaderboards_lock:
+            for stale in [k for k, (at, _, _) in self._leaderboards.items()
+                          if now - at >= LEADERBOARD_TTL]:
+                del self._leaderboards[stale]
+            self._leaderboards.pop(wanted, None)
+            while len(self._leaderboards) >= MAX_CACHED_LEADERBOARDS:
+                del self._leaderboards[next(iter(self._leaderboards))]  # the oldest
+            self._leaderboards[wanted] = (now, since, leaders)
+        return since, leaders
 
     # --- internals ----------------------------------------------------------------
 
@@ -325,13 +397,9 @@ class EarningService:
                 events.c.received_at > now - timedelta(minutes=1))).scalar()
         # A session not yet settled still ends, at the latest, when its paid time does.
         spans = tuple(
-            SessionSpan(ready_at, ended_at or paid_until)
-            for ready_at, ended_at, paid_until in conn.execute(
-                select(sessions.c.ready_at, sessions.c.ended_at, sessions.c.paid_until)
-                .where(sessions.c.user == user, sessions.c.ready_at.is_not(None),
-                       func.coalesce(sessions.c.ended_at, sessions.c.paid_until)
-                       >= min(start, now - timedelta(days=1)))
-                .order_by(sessions.c.ready_at)))
+            SessionSpan(up.ready_at, up.ends_at, up.gpus)
+            for up in self.sessions.uptimes(user, min(start, now - timedelta(days=1)),
+                                            connection=conn))
         samples: tuple[GpuSample, ...] = ()
         runs = [event.data["duration_s"] for event in parsed
                 if event.kind == "training_run" and "duration_s" in event.data]
@@ -348,36 +416,77 @@ class EarningService:
         return UserState(usage=usage, claims_today=claims, active_minutes_today=minutes,
                          recent_claims=recent, frozen=frozen, sessions=spans, gpu_samples=samples)
 
-    def _unsettled(self, user: str, keys: Iterable[str]) -> list:
+    def _unpaid(self, user: str, keys: Iterable[str]) -> list:
         keys = list(keys)
         wanted = keys + [key + BONUS_SUFFIX for key in keys]
         rows = []
         with database.read_transaction(self.engine) as conn:
             for chunk in _chunks(wanted):
-                rows += conn.execute(_unsettled_query().where(
+                rows += conn.execute(_unpaid_query().where(
                     events.c.user == user, events.c.key.in_(chunk)).order_by(events.c.id)).all()
         return rows
 
     def _earn(self, rows) -> int:
-        """Make each earned event's transfer (idempotent) and remember its id; how many."""
-        done = []
+        """Make each earned event's transfer (idempotent) and remember its id; how many.
+
+        An event whose key is taken by a transfer that is not its own can never be
+        earned: it is recorded as rejected, so ``pay_pending`` does not retry it forever.
+        """
+        done, conflicts = [], []
         for row in rows:
+            key = ledger_key(row.user, row.key)
+            earlier = self._own_transfer(_legacy_ledger_key(row.user, row.key), row)
+            if earlier is not None:
+                done.append({"event_id": row.id, "transfer": earlier.id})
+                continue
             try:
                 result = self.ledger.earn(
-                    row.user, int(row.points), key=ledger_key(row.user, row.key), rule=row.rule,
+                    user_account(row.user), int(row.points), key=key, rule=row.rule,
                     reason=_REASONS.get(row.rule, row.rule), expires_at=row.expires_at,
                     metadata={"event": row.key, "kind": row.kind})
+            except IdempotencyConflict as error:
+                taken = self._transfer(key)
+                if taken is None:  # a concurrent writer: the next retry sees what it did
+                    log.warning("could not earn %s for %s's event %r: %s", row.points, row.user,
+                                row.key, error)
+                elif _is_own_earn(taken, row):  # made earlier with other details
+                    done.append({"event_id": row.id, "transfer": taken.id})
+                else:
+                    log.error("%s's event %r cannot be earned: its ledger key %r is taken by "
+                              "transfer %s", row.user, row.key, key, taken.id)
+                    conflicts.append({"event_id": row.id, "reason": _bounded(
+                        f"not earned: its ledger key is taken by transfer {taken.id}")})
+                continue
             except LedgerError as error:
                 log.warning("could not earn %s for %s's event %r: %s", row.points, row.user,
                             row.key, error)
                 continue
             done.append({"event_id": row.id, "transfer": result.transfer.id})
-        if done:
+        if done or conflicts:
             with database.write_transaction(self.engine) as conn:
-                conn.execute(update(events).where(events.c.id == bindparam("event_id"),
-                                                  events.c.transfer_id.is_(None))
-                             .values(transfer_id=bindparam("transfer")), done)
+                if done:
+                    conn.execute(update(events).where(events.c.id == bindparam("event_id"),
+                                                      events.c.transfer_id.is_(None))
+                                 .values(transfer_id=bindparam("transfer")), done)
+                if conflicts:
+                    conn.execute(update(events).where(events.c.id == bindparam("event_id"),
+                                                      events.c.transfer_id.is_(None))
+                                 .values(outcome=REJECTED, points=0,
+                                         reason=bindparam("reason")), conflicts)
         return len(done)
+
+    def _transfer(self, key: str | None) -> Transfer | None:
+        if key is None:
+            return None
+        try:
+            return self.ledger.get_transfer(key)
+        except UnknownTransfer:
+            return None
+
+    def _own_transfer(self, key: str | None, row) -> Transfer | None:
+        """The transfer under ``key`` if it is this event's earning, else None."""
+        transfer = self._transfer(key)
+        return transfer if transfer is not None and _is_own_earn(transfer, row) else None
 
     def _set_frozen(self, user: str, frozen: bool, actor: str, reason: str | None) -> None:
         values = {"frozen": frozen, "frozen_at": self.clock() if frozen else None,
@@ -397,14 +506,41 @@ class EarningService:
 
 
 def _user(user: str) -> str:
+    """The hub user name, verbatim: the events and earning status tables are keyed by it.
+
+    Checked only as ``user_account`` checks it (a name that cannot have an account
+    cannot earn), never parsed as an account name.
+    """
     try:
-        name = account_name(user)
+        user_account(user)
     except InvalidRequest as error:
         raise EarningError(str(error)) from None
-    kind, _, body = name.partition(":")
-    if kind != "user":
-        raise EarningError(f"only users earn credits, not {name}")
-    return body
+    return user
+
+
+def _is_own_earn(transfer: Transfer, row) -> bool:
+    """Whether ``transfer`` is the earning of the stored event ``row`` (same user, same event)."""
+    return (transfer.kind == "earn" and transfer.credit_account == user_account(row.user)
+            and (transfer.metadata or {}).get("event") == row.key)
+
+
+def _bounded(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1] + "…"
+
+
+def _checked(raw: Any, now: datetime) -> Event:
+    """``parse_event``, except that an event it cannot check is rejected, never raised.
+
+    ``parse_event`` is meant never to raise; this is the last line should it
+    ever do: an exception here would fail the whole batch with a 500, and the
+    reporter retries 5xx answers forever, so one poison event would block every
+    later event of that server.
+    """
+    try:
+        return parse_event(raw, now)
+    except Exception:  # noqa: BLE001 - logged with its traceback, answered as "rejected"
+        log.exception("credits: could not check an event; rejected it")
+        return Event(None, None, problem="this event could not be checked")
 
 
 def _chunks(items: list, size: int = _CHUNK):
@@ -412,7 +548,7 @@ def _chunks(items: list, size: int = _CHUNK):
         yield items[start:start + size]
 
 
-def _unsettled_query():
+def _unpaid_query():
     return select(events.c.id, events.c.user, events.c.key, events.c.kind, events.c.rule,
                   events.c.points, events.c.expires_at).where(
         events.c.outcome == EARNED, events.c.points > 0, events.c.transfer_id.is_(None))
@@ -454,22 +590,36 @@ def _sample(payload: Any) -> GpuSample | None:
         return None
 
 
-def _storable(payload: Any) -> dict | None:
+def _storable(payload: Any, limit: int = MAX_PAYLOAD_BYTES) -> dict | None:
+    """``payload`` as stored: whole when its JSON fits ``limit`` bytes; else None, or (for
+    ``limit`` below ``MAX_PAYLOAD_BYTES``) a summary of its size and first fields that fits."""
     if not isinstance(payload, Mapping):
         return None
     try:
         text = json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
-    return json.loads(text) if len(text) <= MAX_PAYLOAD_BYTES else None
+    size = len(text.encode())
+    if size <= limit:
+        return json.loads(text)
+    if limit >= MAX_PAYLOAD_BYTES:
+        return None
+    summary: dict[str, Any] = {"truncated": True, "bytes": size, "fields": []}
+    for name in payload:
+        summary["fields"].append(str(name)[:32])
+        if len(json.dumps(summary).encode()) > limit:
+            summary["fields"].pop()
+            break
+    return summary
 
 
 def _row(user: str, event: Event, source: str, outcome: Outcome, now: datetime) -> dict:
+    limit = MAX_REJECTED_PAYLOAD_BYTES if outcome.outcome == REJECTED else MAX_PAYLOAD_BYTES
     return {
         "user": user, "kind": event.kind or "", "key": event.key, "time": event.time,
-        "received_at": now, "source": source, "payload": _storable(event.payload),
+        "received_at": now, "source": source, "payload": _storable(event.payload, limit),
         "outcome": outcome.outcome, "points": outcome.points if outcome.outcome == EARNED else 0,
-        "rule": outcome.rule, "reason": outcome.reason, "minutes": outcome.minutes,
+        "rule": outcome.rule, "reason": _bounded(outcome.reason), "minutes": outcome.minutes,
         "expires_at": outcome.expires_at, "transfer_id": None,
     }
 
@@ -477,7 +627,7 @@ def _row(user: str, event: Event, source: str, outcome: Outcome, now: datetime) 
 def _part(outcome: Outcome) -> dict:
     units = outcome.points if outcome.outcome == EARNED else 0
     return {"outcome": outcome.outcome, "points": format_amount(units), "units": units,
-            "rule": outcome.rule, "reason": outcome.reason}
+            "rule": outcome.rule, "reason": _bounded(outcome.reason)}
 
 
 def _answer(event: Event, outcome: Outcome) -> dict:

@@ -58,6 +58,8 @@ sessions = Table(
     Index("ix_credits_sessions_open_server", "user", "server_name", unique=True,
           sqlite_where=text("state != 'ended'"), postgresql_where=text("state != 'ended'")),
     Index("ix_credits_sessions_state_paid_until", "state", "paid_until"),
+    # A user's sessions by ready time: every batch of earning events reads them.
+    Index("ix_credits_sessions_user_ready_at", "user", "ready_at"),
 )
 
 session_holds = Table(

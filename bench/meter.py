@@ -128,7 +128,7 @@ def measure_ticks(url: str, count: int, ticks: int, fillfactor: int | None = Non
         if fillfactor:
             set_fillfactor(ledger.engine, fillfactor)
         store = SessionStore(ledger)
-        meter = Meter(store=store, hub=None, catalog=None, clock=clock)
+        meter = Meter(sessions=store, hub=None, catalog=None, clock=clock)
         window = timedelta(seconds=meter.window)
         scans, bills, dues, due_counts = [], [], [], []
         for _ in range(3):  # warm the connection pool and caches
@@ -173,7 +173,8 @@ def measure_ticks(url: str, count: int, ticks: int, fillfactor: int | None = Non
 
 def measure_enforcement(admin_url: str, runs: int) -> dict:
     os.environ.setdefault("JUPYTERHUB_CREDITS_TEST_PG_URL", admin_url)
-    from tests.hub import HubProcess, wait_for
+    from tests.hub import HubProcess
+    from tests.waiting import wait_for
 
     results = []
     with postgres_database(admin_url) as url, tempfile.TemporaryDirectory() as workdir:

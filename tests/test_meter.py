@@ -24,7 +24,6 @@ from jupyterhub_credits.service.meter import (
     Meter,
     Sighting,
     due_warnings,
-    format_seconds,
     plan_reconciliation,
 )
 from jupyterhub_credits.sessions.allocator import LocalGpuAllocator
@@ -149,7 +148,7 @@ def allocator(ledger, clock):
 def make_meter(store, fake_hub, catalog, clock, **traits):
     traits = {"warning_thresholds": [600, 60], "reconcile_grace": 0,
               "reconcile_interval": 60, "interval": 5, **traits}
-    return Meter(store=store, hub=HubClient(fake_hub.url, TOKEN, page_size=2), catalog=catalog,
+    return Meter(sessions=store, hub=HubClient(fake_hub.url, TOKEN, page_size=2), catalog=catalog,
                  clock=clock, **traits)
 
 
@@ -177,7 +176,7 @@ def live_devices(ledger, session: Session) -> list[str]:
 # --- pure helpers --------------------------------------------------------------------
 
 
-def _session(clock, *, left: float, warnings=None, auto_extend=False, key="s1", user="u",
+def _session(clock, *, left: float, warned=None, auto_extend=False, key="s1", user="u",
              server="", state="running", billed_until=None) -> Session:
     now = clock()
     return Session(id=1, key=key, user=user, server_name=server, account=f"user:{user}",
@@ -185,22 +184,17 @@ def _session(clock, *, left: float, warnings=None, auto_extend=False, key="s1", 
                    state=state, requested_at=now, ready_at=now,
                    paid_until=now + timedelta(seconds=left), billed_until=billed_until or now,
                    ended_at=None, end_reason=None, charged=None, auto_extend=auto_extend,
-                   warnings=warnings, devices=None)
+                   warned_thresholds=warned, devices=None)
 
 
 def test_due_warnings_are_the_crossed_thresholds_not_yet_given(clock):
     now = clock()
     assert due_warnings(_session(clock, left=601), now, [600, 60]) == []
     assert due_warnings(_session(clock, left=600), now, [600, 60]) == [600]
-    assert due_warnings(_session(clock, left=300, warnings=[600]), now, [600, 60]) == []
-    assert due_warnings(_session(clock, left=59, warnings=[600]), now, [600, 60]) == [60]
+    assert due_warnings(_session(clock, left=300, warned=[600]), now, [600, 60]) == []
+    assert due_warnings(_session(clock, left=59, warned=[600]), now, [600, 60]) == [60]
     # Bought for less than both: both crossed at once (one warning, both recorded).
     assert due_warnings(_session(clock, left=30), now, [60, 600]) == [600, 60]
-
-
-def test_format_seconds():
-    assert [format_seconds(s) for s in (0, 45, 60, 598, 3600, 7500)] == [
-        "0 s", "45 s", "1 min", "9 min 58 s", "1 h", "2 h 5 min"]
 
 
 def test_plan_reconciliation_waits_for_grace_and_ends_at_first_billed(clock):
@@ -264,7 +258,7 @@ async def test_warnings_are_given_once_per_threshold(store, ledger, clock, fake_
     assert (await meter.tick()).warned == []
     clock.advance(seconds=1)  # 600 s left
     assert (await meter.tick()).warned == [session.key]
-    assert store.get(session.key).warnings == [600]
+    assert store.get(session.key).warned_thresholds == [600]
     assert "10 min" in meter.notices[session.key]
     clock.advance(seconds=200)
     assert (await meter.tick()).warned == []  # not again
@@ -272,7 +266,7 @@ async def test_warnings_are_given_once_per_threshold(store, ledger, clock, fake_
     assert (await meter.tick()).warned == [session.key]
     clock.advance(seconds=10)
     assert (await meter.tick()).warned == []
-    assert sorted(store.get(session.key).warnings) == [60, 600]
+    assert sorted(store.get(session.key).warned_thresholds) == [60, 600]
     assert fake_hub.deletes == []
 
 
@@ -383,7 +377,7 @@ async def test_auto_extend_buys_what_the_balance_allows_then_warns(store, ledger
     report = await meter.tick()
     assert report.extended == [] and report.warned == [session.key]
     assert "Auto-extend" in meter.notices[session.key] or "left" in meter.notices[session.key]
-    assert store.get(session.key).warnings == [600]
+    assert store.get(session.key).warned_thresholds == [600]
 
 
 @pytest.mark.asyncio
@@ -394,10 +388,10 @@ async def test_extension_forgets_warnings_that_lie_ahead_again(store, ledger, cl
     meter = make_meter(store, fake_hub, catalog, clock)
     clock.advance(seconds=3600 - 30)
     await meter.tick()
-    assert sorted(store.get(session.key).warnings) == [60, 600]
+    assert sorted(store.get(session.key).warned_thresholds) == [60, 600]
     store.extend(session.key, hold_amount(A100, Decimal("0.25")), actor="user:ann")  # +900 s
     store.reset_warnings(session.key, clock())  # 930 s left: both thresholds lie ahead
-    assert store.get(session.key).warnings is None
+    assert store.get(session.key).warned_thresholds is None
     clock.advance(seconds=330)  # 600 s left
     assert (await meter.tick()).warned == [session.key]
 
@@ -467,3 +461,11 @@ async def test_a_hub_that_does_not_answer_stops_nothing(store, ledger, clock, fa
     report = await meter.tick()
     assert report.billed == 1  # billing goes on
     assert store.get(session.key).state == "running"
+
+
+def test_the_meter_keeps_its_configuration_names():
+    # c.Meter.<name> in a service configuration: the package split renamed none of them.
+    assert set(Meter.class_own_traits(config=True)) == {
+        "interval", "warning_thresholds", "auto_extend_hours", "auto_extend_lead",
+        "auto_extend_retry", "reconcile_interval", "reconcile_grace", "stop_unpaid_servers",
+        "idle_gpu_timeout", "idle_gpu_threshold"}

@@ -81,9 +81,9 @@ def test_idle_traits_default_off_and_are_checked():
     assert Meter.idle_gpu_threshold.default_value == 5
     assert Meter.idle_gpu_timeout.help and Meter.idle_gpu_threshold.help
     with pytest.raises(ValueError, match="at least 60"):
-        Meter(store=_NoStore(), hub=None, catalog=None, idle_gpu_timeout=30)
+        Meter(sessions=_NoStore(), hub=None, catalog=None, idle_gpu_timeout=30)
     with pytest.raises(ValueError, match="percentage"):
-        Meter(store=_NoStore(), hub=None, catalog=None, idle_gpu_threshold=101)
+        Meter(sessions=_NoStore(), hub=None, catalog=None, idle_gpu_threshold=101)
 
 
 class _NoStore:
@@ -204,13 +204,16 @@ async def test_not_before_the_session_has_run_the_timeout(store, ledger, clock, 
 @pytest.mark.asyncio
 async def test_cpu_sessions_are_never_stopped_for_idle_gpus(store, ledger, clock, fake_hub,
                                                              catalog, earning):
+    # bob's GPU server reports idle minutes; his CPU server has no GPUs to be idle.
     ledger.grant("bob", 100_000, key="grant:bob", reason="test", actor="test")
     cpu = store.start(user="bob", server_name="", account="user:bob", image="tf-2.21",
                       gpu_type="", gpus=0, rate_per_hour=1_000, hold_units=1_000,
                       actor="user:bob")
     cpu = store.mark_ready(cpu.key)
+    gpu = running(store, ledger, "bob", server="gpu")
     fake_hub.run("bob")
+    fake_hub.run("bob", "gpu")
     meter = idle_meter(store, fake_hub, catalog, clock, earning, idle_gpu_timeout=TIMEOUT)
-    report_minutes(earning, clock, "bob", [0] * 15)
-    assert (await meter.tick()).idle == []
-    assert fake_hub.deletes == [] and store.get(cpu.key).state == "running"
+    report_minutes(earning, clock, "bob", [0] * 15, server="gpu")
+    assert (await meter.tick()).idle == [gpu.key]
+    assert fake_hub.deletes == [("bob", "gpu")] and store.get(cpu.key).state == "running"

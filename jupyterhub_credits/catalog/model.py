@@ -111,13 +111,20 @@ class Quotas:
 
     ``min_prepaid_minutes`` (an exact decimal) is the shortest session one can
     start: a request for less is refused, and a balance that does not cover it
-    cannot start anything at that rate.
+    cannot start anything at that rate. ``min_extension_minutes`` is the least
+    one extension (by hand or auto-extend) buys: each extension is one more
+    hold, and a session must not pile up thousands of them.
     """
 
     max_gpus_per_session: int
     max_hours_per_session: Decimal
     max_concurrent_gpu_sessions: int
     min_prepaid_minutes: Decimal
+    min_extension_minutes: Decimal = Decimal(15)
+
+
+#: Quotas a catalog may leave out, and what they then are.
+QUOTA_DEFAULTS: dict[str, Any] = {"min_extension_minutes": Decimal(15)}
 
 
 #: The quota names, as they appear in YAML and as ``Quotas`` fields.

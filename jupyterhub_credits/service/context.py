@@ -18,7 +18,7 @@ from .hub import HubClient
 @dataclass
 class ServiceContext:
     ledger: Ledger
-    store: SessionStore
+    sessions: SessionStore
     catalog: Catalog
     hub: HubClient
     clock: Callable[[], datetime]

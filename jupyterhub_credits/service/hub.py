@@ -7,12 +7,17 @@ read one user, stop one server. The service's own token
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
+import socket
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.netutil import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ class ServerState:
     pending: str | None  # "spawn", "stop", "check" or None
 
     @property
-    def settled(self) -> bool:
+    def steady(self) -> bool:
         """Up and not in the middle of a start or stop."""
         return self.ready and not self.pending
 
@@ -61,6 +66,26 @@ class HubClient:
         self.token = token
         self.timeout = timeout
         self.page_size = page_size
+        self._resolver_pool: Executor | None = None
+        self._own_client: AsyncHTTPClient | None = None
+
+    def resolve_names_in(self, executor: Executor) -> None:
+        """Look the hub's host name up on ``executor``'s threads, not asyncio's default pool.
+
+        Tornado resolves every request's host (even ``127.0.0.1``) on that shared
+        pool, which a burst of API requests can fill: the meter's stops must not
+        wait behind them.
+        """
+        self._resolver_pool = executor
+        self._own_client = None
+
+    def _http_client(self) -> AsyncHTTPClient:
+        if self._resolver_pool is None:
+            return AsyncHTTPClient()
+        if self._own_client is None:  # made in the running loop, at first use
+            self._own_client = AsyncHTTPClient(
+                force_instance=True, resolver=_PoolResolver(executor=self._resolver_pool))
+        return self._own_client
 
     async def request(self, method: str, path: str, *, body=None, accept: str | None = None,
                       allow: tuple[int, ...] = ()):
@@ -74,7 +99,7 @@ class HubClient:
             allow_nonstandard_methods=True,
             connect_timeout=self.timeout, request_timeout=self.timeout)
         try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            response = await self._http_client().fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as error:  # refused, reset, timed out
             raise HubUnavailable(f"{method} {path}: {error}") from None
         if response.code == 599:  # Tornado's "no response" (timeout, connection failure)
@@ -112,3 +137,17 @@ class HubClient:
         """Ask the hub to stop a server: 204 stopped, 202 stopping, 404 no such server/user."""
         status, _ = await self.request("DELETE", server_path(user, server_name), allow=(404,))
         return status
+
+
+class _PoolResolver(Resolver):
+    """Resolves host names with ``socket.getaddrinfo`` on a given thread pool."""
+
+    def initialize(self, executor: Executor) -> None:
+        self.executor = executor
+
+    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+                      ) -> list[tuple[int, tuple]]:
+        found = await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(socket.getaddrinfo, host, port, family,
+                                             socket.SOCK_STREAM))
+        return [(fam, address) for fam, _, _, _, address in found]

@@ -2,31 +2,42 @@
 
 A session's money lives in ledger holds keyed ``<session key>:hold:<n>``
 (the first when it starts, one more per extension). Settlement posts what the
-ready time cost across those holds and voids the rest, under keys
-``<session key>:settle:<n>``, so a settlement that is interrupted and run
-again — by the spawner, the meter or a restarted hub — changes nothing the
-second time. The state moves ``starting → running → settling → ended``; only
-the writer that moves a session into ``settling`` decides its end time.
+ready time cost across those holds and voids the rest, in one ledger
+transaction and under keys ``<session key>:settle:<n>``, so a settlement that
+is interrupted and run again — by the spawner, the meter or a restarted hub —
+changes nothing the second time. The state moves
+``starting → running → settling → ended``; only the writer that moves a
+session into ``settling`` decides its end time.
+
+Every open hold of a session times out (may be voided by the ledger's sweep)
+no earlier than ``paid_until + HOLD_GRACE``: whenever ``paid_until`` moves (at
+ready, at each extension) the timeouts of all the session's holds move with it,
+in the same transaction. The alternative — holds without a timeout, left to the
+meter's reconciliation — would lose the ledger's own safety net for a hub and a
+credits service both down for good.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import BigInteger, case, delete, func, insert, literal, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..catalog.pricing import cost_of_seconds, paid_seconds
 from ..ledger import Ledger
 from ..ledger import database
-from ..ledger.errors import HoldNotPending, IdempotencyConflict, LedgerError, UnknownTransfer
+from ..ledger.core import HoldResolution
+from ..ledger.errors import HoldNotPending, IdempotencyConflict, LedgerError
 from .schema import OPEN_STATES, gpu_assignments, session_holds, sessions
 
-#: A hold outlives the time it pays for by this much before the ledger's sweep
-#: may void it: only a hub and credits service both down that long lose a settlement.
+#: A session's holds outlive its paid time by this much before the ledger's sweep
+#: may void them: only a hub and credits service both down that long lose a settlement.
 HOLD_GRACE = timedelta(days=1)
 
 
@@ -36,6 +47,10 @@ class SessionError(Exception):
 
 class SessionConflict(SessionError):
     """The named server already has an open session."""
+
+
+class ConcurrentSessionLimit(SessionError):
+    """The user already runs the most GPU sessions allowed at once (a quota refusal)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,9 @@ class Session:
     end_reason: str | None
     charged: int | None
     auto_extend: bool
-    warnings: list | None
+    #: The warning thresholds (seconds before ``paid_until``) already given; the
+    #: column (and the JSON field of ``/api/me``) is ``warnings``.
+    warned_thresholds: list | None
     devices: list | None
 
     def cost_until(self, moment: datetime) -> int:
@@ -87,13 +104,42 @@ class SessionSummary:
     end_reason: str | None
 
 
+@dataclass(frozen=True)
+class SessionUptime:
+    """When one session was up and with how many GPUs: what a user's claims are checked against."""
+
+    ready_at: datetime
+    #: When it ended; for a session still open, when its paid time ends (its latest end).
+    ends_at: datetime | None
+    gpus: int
+
+
+def uptimes_query(user: str, since: datetime):
+    """The statement behind ``SessionStore.uptimes`` (its index is chosen for it)."""
+    ends_at = func.coalesce(sessions.c.ended_at, sessions.c.paid_until)
+    return (select(sessions.c.ready_at, ends_at, sessions.c.gpus)
+            .where(sessions.c.user == user, sessions.c.ready_at.is_not(None), ends_at >= since)
+            .order_by(sessions.c.ready_at))
+
+
 def _seconds(delta: timedelta) -> Decimal:
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     return Decimal(micros) / Decimal(1_000_000)
 
 
+#: Session fields whose column has another name.
+_COLUMN_OF = {"warned_thresholds": "warnings"}
+
+
 def _session(row) -> Session:
-    return Session(**{name: row._mapping[name] for name in Session.__dataclass_fields__})
+    return Session(**{name: row._mapping[_COLUMN_OF.get(name, name)]
+                      for name in Session.__dataclass_fields__})
+
+
+def _user_lock_id(user: str) -> int:
+    """A stable 63-bit id for PostgreSQL's advisory lock on one user's session starts."""
+    digest = hashlib.sha256(f"jupyterhub-credits:sessions:{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class SessionStore:
@@ -134,6 +180,19 @@ class SessionStore:
                 sessions.c.user == user, sessions.c.state.in_(OPEN_STATES),
                 sessions.c.gpus > 0)).scalar()
 
+    def uptimes(self, user: str, since: datetime, *,
+                connection: Connection | None = None) -> list[SessionUptime]:
+        """``user``'s sessions that became ready and were up at some moment from ``since`` on,
+        by ready time (a range of the (user, ready_at) index).
+
+        Read in ``connection`` when given, so a caller's transaction sees them with the rest.
+        """
+        query = uptimes_query(user, since)
+        if connection is not None:
+            return [SessionUptime(*row) for row in connection.execute(query)]
+        with database.read_transaction(self.engine) as conn:
+            return [SessionUptime(*row) for row in conn.execute(query)]
+
     def expired(self, now: datetime) -> list[Session]:
         """Running sessions whose paid time is over."""
         with database.read_transaction(self.engine) as conn:
@@ -171,12 +230,21 @@ class SessionStore:
     # --- lifecycle --------------------------------------------------------------
 
     def start(self, *, user: str, server_name: str, account: str, image: str, gpu_type: str,
-              gpus: int, rate_per_hour: int, hold_units: int, actor: str) -> Session:
-        """Open a session and place its first hold; refused (nothing kept) if the hold is."""
+              gpus: int, rate_per_hour: int, hold_units: int, actor: str,
+              max_concurrent_gpu_sessions: int | None = None) -> Session:
+        """Open a session and place its first hold; refused (nothing kept) if the hold is.
+
+        With ``max_concurrent_gpu_sessions``, a GPU session is refused
+        (``ConcurrentSessionLimit``) when the user already has that many open:
+        counted and inserted under one per-user lock, so concurrent starts of
+        several named servers cannot all pass a count read before any inserts.
+        """
         now = self.clock()
         key = f"session:{uuid.uuid4().hex}"
         try:
             with database.write_transaction(self.engine) as conn:
+                if gpus > 0 and max_concurrent_gpu_sessions is not None:
+                    self._check_concurrent_gpu_sessions(conn, user, max_concurrent_gpu_sessions)
                 conn.execute(insert(sessions).values(
                     key=key, user=user, server_name=server_name, account=account, image=image,
                     gpu_type=gpu_type, gpus=gpus, rate_per_hour=rate_per_hour, held=0,
@@ -196,13 +264,15 @@ class SessionStore:
         """Billing starts now: the server answered."""
         at = at or self.clock()
         with database.write_transaction(self.engine) as conn:
-            row = conn.execute(select(sessions.c.held, sessions.c.rate_per_hour)
+            row = conn.execute(select(sessions.c.id, sessions.c.held, sessions.c.rate_per_hour)
                                .where(sessions.c.key == key, sessions.c.state == "starting")
-                               ).first()
+                               .with_for_update()).first()
             if row is not None:
+                paid_until = at + timedelta(seconds=paid_seconds(row.rate_per_hour, row.held))
                 conn.execute(update(sessions).where(sessions.c.key == key).values(
-                    state="running", ready_at=at, billed_until=at,
-                    paid_until=at + timedelta(seconds=paid_seconds(row.rate_per_hour, row.held))))
+                    state="running", ready_at=at, billed_until=at, paid_until=paid_until))
+                # A slow start moved paid_until past what the holds were placed for.
+                self._postpone_hold_timeouts(conn, row.id, paid_until)
         return self.get(key)
 
     def extend(self, key: str, hold_units: int, *, actor: str) -> Session:
@@ -270,29 +340,26 @@ class SessionStore:
         if session.state == "ended":
             return session
         charge = session.cost_until(session.ended_at)
-        left = charge
         with database.read_transaction(self.engine) as conn:
             holds = conn.execute(select(session_holds.c.seq, session_holds.c.hold_key,
                                         session_holds.c.amount)
                                  .where(session_holds.c.session_id == session.id)
                                  .order_by(session_holds.c.seq)).all()
+        # The charge is taken from the holds in order, each hold's part fixed by the
+        # amounts alone, so a rerun asks for exactly the same posts and voids.
+        settlements, left = [], charge
         for seq, hold_key, amount in holds:
             take = min(left, amount)
             left -= take
-            settle_key = f"{key}:settle:{seq}"
-            try:
-                if take:
-                    self.ledger.post(hold_key, take, key=settle_key, actor=actor,
-                                     reason=f"session {session.end_reason}",
-                                     metadata={"session": key})
-                else:
-                    self.ledger.void(hold_key, key=settle_key, actor=actor,
-                                     reason=f"session {session.end_reason}",
-                                     metadata={"session": key})
-            except (HoldNotPending, UnknownTransfer):
+            settlements.append(HoldResolution(hold_key, take, f"{key}:settle:{seq}"))
+        outcomes = self.ledger.resolve_holds(settlements, actor=actor,
+                                            reason=f"session {session.end_reason}",
+                                            metadata={"session": key})
+        for settlement, outcome in zip(settlements, outcomes):
+            if outcome is None:
                 # Voided by the ledger's timeout sweep long ago, or never placed
-                # (a crash between recording and placing it): nothing to take.
-                charge -= take
+                # (a crash between recording and placing it): nothing was taken.
+                charge -= settlement.amount
         with database.write_transaction(self.engine) as conn:
             if release_gpus:
                 conn.execute(update(gpu_assignments).where(
@@ -342,15 +409,20 @@ class SessionStore:
         # still leaves settlement a way to find (and post or void) it.
         with database.write_transaction(self.engine) as conn:
             # Locked: settlement moves the session to 'settling' under the same row lock.
-            session_id = conn.execute(
-                select(sessions.c.id).where(sessions.c.key == key,
-                                            sessions.c.state.in_(("starting", "running")))
-                .with_for_update()).scalar()
-            if session_id is None:
+            current = conn.execute(
+                select(sessions.c.id, sessions.c.held, sessions.c.ready_at).where(
+                    sessions.c.key == key, sessions.c.state.in_(("starting", "running")))
+                .with_for_update()).first()
+            if current is None:
                 raise SessionError("this session has ended and cannot be extended")
+            session_id = current.id
             conn.execute(insert(session_holds).values(session_id=session_id, seq=seq,
                                                       hold_key=hold_key, amount=amount))
-        timeout = timedelta(seconds=paid_seconds(rate_per_hour, amount)) + HOLD_GRACE
+        # The new paid_until + grace: the hold pays for time after all the earlier
+        # holds, not from its own placement. Before ready, from now (mark_ready moves it).
+        paid_for = timedelta(seconds=paid_seconds(rate_per_hour, current.held + amount))
+        since = current.ready_at if current.ready_at is not None else self.clock()
+        timeout = max(since + paid_for + HOLD_GRACE - self.clock(), HOLD_GRACE)
         try:
             self.ledger.hold(account, amount, key=hold_key, actor=actor, reason=reason,
                              timeout=timeout, metadata={"session": key})
@@ -370,6 +442,8 @@ class SessionStore:
                 if ready_at is not None:
                     values["paid_until"] = ready_at + timedelta(
                         seconds=paid_seconds(rate_per_hour, held))
+                    # The earlier holds now pay for time up to the new paid_until.
+                    self._postpone_hold_timeouts(conn, session_id, values["paid_until"])
                 conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
         if ended_meanwhile:
             # Settled while this hold was being placed, possibly without it: release it
@@ -381,6 +455,32 @@ class SessionStore:
             except (HoldNotPending, IdempotencyConflict):
                 pass
             raise SessionError("this session ended while it was being extended; nothing was held")
+
+    def _postpone_hold_timeouts(self, conn, session_id: int, paid_until: datetime) -> None:
+        """In ``conn``'s transaction: no hold of the session times out before paid_until + grace."""
+        hold_keys = conn.execute(select(session_holds.c.hold_key)
+                                 .where(session_holds.c.session_id == session_id)).scalars().all()
+        self.ledger.postpone_timeouts(hold_keys, paid_until + HOLD_GRACE, connection=conn)
+
+    def _check_concurrent_gpu_sessions(self, conn, user: str, limit: int) -> None:
+        """In ``conn``'s transaction: refuse when ``user`` has ``limit`` GPU sessions open.
+
+        The count and the insert that follows must not interleave with another
+        start of the same user's: SQLite's ``BEGIN IMMEDIATE`` already
+        serialises writers; PostgreSQL takes a per-user advisory lock, held to
+        the end of the transaction (no row to lock exists for every user).
+        """
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(
+                literal(_user_lock_id(user), BigInteger))))
+        running = conn.execute(select(func.count()).select_from(sessions).where(
+            sessions.c.user == user, sessions.c.state.in_(OPEN_STATES),
+            sessions.c.gpus > 0)).scalar()
+        if running >= limit:
+            sessions_word = "GPU session" if running == 1 else "GPU sessions"
+            raise ConcurrentSessionLimit(
+                f"You already have {running} {sessions_word} running, the most allowed at "
+                f"once ({limit}); stop one before starting another.")
 
     def _finish_unheld(self, key: str, reason: str) -> None:
         with database.write_transaction(self.engine) as conn:

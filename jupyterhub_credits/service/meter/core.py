@@ -1,0 +1,334 @@
+"""``Meter``: the coordinator. Its traits are the meter's configuration (``c.Meter.…``).
+
+Each tick, in order: reconciliation when due (``reconcile.py``); ONE
+statement bills every running session (``record_billing``); then, under the
+lock the API's extend also takes, the sessions whose paid time ends within
+the largest warning / auto-extend lead are read — so every decision is made
+on rows no extension can have changed since — and each is expired
+(``expiry.py``), auto-extended (``autoextend.py``) or warned (``expiry.py``);
+idle GPUs about once a minute (``idle.py``); finally the stops just decided
+and those still pending go to the hub, outside the lock (``stops.py``).
+
+All of the meter's blocking work (the database, looking up the hub's host
+name) runs on its own small thread pool, never on asyncio's default one,
+which the API's handlers share: a flood of requests cannot starve billing
+and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tornado.ioloop import IOLoop, PeriodicCallback
+from traitlets import Bool, Float, Int, List, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from ...catalog import InvalidHours, parse_hours
+from ...sessions.store import Session
+from .autoextend import AutoExtender, wants_auto_extend
+from .expiry import Expiry, is_expired
+from .idle import IdleGpus
+from .reconcile import ReconcilePlan, Reconciler
+from .stops import PendingStop, StopQueue
+
+#: Threads of the meter's own pool (database work, the hub's host name): the tick's
+#: work is sequential, and one more lets an extension (under the meter's lock) run beside it.
+DB_THREADS = 2
+
+
+@dataclass
+class TickReport:
+    """What the last tick did (for logs, tests and the benchmark)."""
+
+    at: datetime | None = None
+    billed: int = 0
+    due: int = 0
+    warned: list[str] = field(default_factory=list)
+    extended: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    idle: list[str] = field(default_factory=list)  # stopped: GPUs idle too long
+    db_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+class Meter(LoggingConfigurable):
+    """Bills, warns, auto-extends and stops; one ``tick`` every ``interval`` seconds."""
+
+    interval = Float(
+        config=True,
+        help="""Seconds between ticks. Billing is recorded each tick, so a crash loses at
+        most this much; an expired server is stopped within about this long.
+        Default: $JUPYTERHUB_CREDITS_METER_INTERVAL, else 5.""",
+    )
+
+    @default("interval")
+    def _default_interval(self):
+        try:
+            return float(os.environ.get("JUPYTERHUB_CREDITS_METER_INTERVAL", "5"))
+        except ValueError:
+            return 5.0
+
+    @validate("interval")
+    def _check_interval(self, proposal):
+        if not proposal.value > 0:
+            raise ValueError(f"Meter.interval must be positive, not {proposal.value}")
+        return proposal.value
+
+    warning_thresholds = List(
+        Int(),
+        default_value=[600, 60],
+        config=True,
+        help="""Seconds before a session's paid time ends at which its user is warned
+        (logged, and listed under the session's "warnings" in /api/me). Each is given
+        once; again only after an extension moves the end past it.""",
+    )
+
+    auto_extend_hours = Unicode(
+        "1",
+        config=True,
+        help="""Hours each auto-extension buys (a decimal string), for sessions that opted
+        in. Less is bought when the quota or balance allows less (but at least the
+        catalog's min_extension_minutes); nothing and a notice when not even that.""",
+    )
+
+    @validate("auto_extend_hours")
+    def _check_auto_extend_hours(self, proposal):
+        try:
+            parse_hours(proposal.value)
+        except InvalidHours as error:
+            raise ValueError(f"Meter.auto_extend_hours: {error}") from None
+        return proposal.value
+
+    auto_extend_lead = Float(
+        900,
+        config=True,
+        help="""Auto-extend a session once it has this many seconds or fewer of paid time
+        left. Longer than the largest warning threshold, so that a session extended in
+        time is never warned.""",
+    )
+
+    auto_extend_retry = Float(
+        60,
+        config=True,
+        help="Seconds to wait before trying again an auto-extension that was refused.",
+    )
+
+    reconcile_interval = Float(
+        60,
+        config=True,
+        help="""Seconds between reconciliations of open sessions with the servers the hub
+        runs (also run at start-up).""",
+    )
+
+    reconcile_grace = Float(
+        15,
+        config=True,
+        help="""Seconds a mismatch between the ledger and the hub must persist before the
+        meter acts on it (settles a session, stops a server, releases GPUs), so that a
+        start or stop in progress is never mistaken for one.""",
+    )
+
+    stop_unpaid_servers = Bool(
+        True,
+        config=True,
+        help="""Stop servers the hub runs without any open session (e.g. one whose expiry
+        stop was lost when the service restarted). Every credits spawn opens a session,
+        so such a server runs unpaid.""",
+    )
+
+    idle_gpu_timeout = Float(
+        0,
+        config=True,
+        help="""Stop a running GPU server whose GPUs stayed idle this many seconds (0, the
+        default: never). Idle means every minute of the window sampled by the server's GPU
+        sampler (gpu_utilization events) had a mean utilisation below idle_gpu_threshold,
+        and samples cover at least 80% of the window's minutes: without samples nothing is
+        stopped. The session is settled at that moment (reason "gpu_idle"), so the unused
+        part of its hold is refunded. At least 60 when set; checked about once a minute.""",
+    )
+
+    @validate("idle_gpu_timeout")
+    def _check_idle_gpu_timeout(self, proposal):
+        value = proposal.value
+        if value != 0 and not value >= 60:
+            raise ValueError("Meter.idle_gpu_timeout must be 0 (off) or at least 60 seconds "
+                             f"(GPU samples are per minute), not {value}")
+        return value
+
+    idle_gpu_threshold = Float(
+        5,
+        config=True,
+        help="""Mean GPU utilisation (percent, over the server's GPUs) below which a sampled
+        minute counts as idle for idle_gpu_timeout.""",
+    )
+
+    @validate("idle_gpu_threshold")
+    def _check_idle_gpu_threshold(self, proposal):
+        if not 0 <= proposal.value <= 100:
+            raise ValueError("Meter.idle_gpu_threshold is a percentage (0 to 100), "
+                             f"not {proposal.value}")
+        return proposal.value
+
+    def __init__(self, *, sessions, hub, catalog, clock: Callable[[], datetime] | None = None,
+                 lock: asyncio.Lock | None = None, earning=None, **kwargs):
+        super().__init__(**kwargs)
+        self.sessions = sessions
+        self.ledger = sessions.ledger
+        self.hub = hub
+        self.catalog = catalog
+        self.clock = clock or sessions.clock
+        #: Serialises changes to sessions with the API's extend (one process).
+        self.lock = lock or asyncio.Lock()
+        #: The meter's last word per session key (shown in /api/me as "notice").
+        self.notices: dict[str, str] = {}
+        self.last: TickReport = TickReport()
+        # Threads start on first use and end with the executor.
+        self._executor = ThreadPoolExecutor(max_workers=DB_THREADS,
+                                            thread_name_prefix="credits-meter")
+        if hub is not None:  # its host name, too, is looked up on the meter's threads
+            hub.resolve_names_in(self._executor)
+        self.stops = StopQueue(self)
+        self.expiry = Expiry(self)
+        self.auto_extender = AutoExtender(self)
+        self.idle = IdleGpus(self, earning)
+        self.reconciler = Reconciler(self)
+        self._busy = False
+        self._callback: PeriodicCallback | None = None
+
+    # --- what the jobs share -------------------------------------------------------------
+
+    async def db(self, function, *args, **kwargs):
+        """Run blocking database work on the meter's own threads (asyncio's default pool is
+        shared with every API request, so a burst of them could hold up billing and stops).
+
+        The API's extend uses it too for its work under ``lock``: the lock must
+        never wait on a pool the meter does not control.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor,
+                                          functools.partial(function, *args, **kwargs))
+
+    @property
+    def stopping(self) -> dict[str, PendingStop]:
+        """Stops decided and not yet confirmed by the hub, by session key."""
+        return self.stops.pending
+
+    @property
+    def earning(self):
+        """Where idle-GPU samples are read (an ``EarningService``)."""
+        return self.idle.earning
+
+    @earning.setter
+    def earning(self, service) -> None:
+        self.idle.earning = service
+
+    def forget(self, still_open: set[str]) -> None:
+        """Drop what the meter said about sessions that are over."""
+        for memo in (self.notices, self.auto_extender.retry_at):
+            for key in [key for key in memo if key not in still_open]:
+                del memo[key]
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._callback = PeriodicCallback(self.tick, self.interval * 1000)
+        self._callback.start()
+        IOLoop.current().add_callback(self.tick)
+        self.log.info("credits meter: every %s s, warnings at %s s, reconcile every %s s",
+                      self.interval, sorted(self.warning_thresholds, reverse=True),
+                      self.reconcile_interval)
+
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+        self._executor.shutdown(wait=False)
+
+    @property
+    def window(self) -> float:
+        """How far ahead of now a session's end needs attention (warnings, auto-extend)."""
+        return max([0, *self.warning_thresholds, self.auto_extend_lead])
+
+    async def tick(self) -> TickReport | None:
+        """One pass; never raises (a failing pass is logged and the next one tries again)."""
+        if self._busy:
+            self.log.warning("credits meter: previous tick still running; skipping this one")
+            return None
+        self._busy = True
+        try:
+            return await self._tick()
+        except Exception:  # noqa: BLE001 - the loop must survive anything
+            self.log.exception("credits meter: tick failed; trying again next tick")
+            return None
+        finally:
+            self._busy = False
+
+    def scan(self, now: datetime) -> tuple[int, list[Session]]:
+        """The tick's database work in one call (what ``bench/meter.py`` measures): bill
+        every running session, then fetch those due soon. A tick does the second part
+        under its lock."""
+        return self.sessions.record_billing(now), self.due(now)
+
+    def due(self, now: datetime) -> list[Session]:
+        """Running sessions whose paid time ends within the window, soonest first."""
+        return self.sessions.ending_by(now + timedelta(seconds=self.window))
+
+    async def reconcile(self, now: datetime | None = None) -> ReconcilePlan | None:
+        return await self.reconciler.run(now or self.clock())
+
+    async def _tick(self) -> TickReport:
+        started = time.perf_counter()
+        now = self.clock()
+        report = TickReport(at=now)
+        if self.reconciler.due(now):
+            # First, so that at start-up a session whose server vanished while the
+            # service was down is seen with the billed_until from before the crash.
+            await self.reconciler.run(now)
+        db_started = time.perf_counter()
+        report.billed = await self.db(self.sessions.record_billing, now)
+        report.db_seconds = time.perf_counter() - db_started
+
+        decided: list[str] = []  # stops decided this tick
+        async with self.lock:
+            # Read under the lock: an extension confirmed while the meter waited for it is
+            # in these rows, so it is never settled at the old paid_until, and an
+            # auto-extension counts every hold the session has.
+            db_started = time.perf_counter()
+            due = await self.db(self.due, now)
+            report.db_seconds += time.perf_counter() - db_started
+            report.due = len(due)
+            for session in due:
+                if is_expired(session, now):
+                    if await self.expiry.expire(session):
+                        decided.append(session.key)
+                        report.expired.append(session.key)
+                    continue
+                if wants_auto_extend(session, now, self.auto_extend_lead):
+                    extended = await self.auto_extender.extend(session, now)
+                    if extended is not None:
+                        report.extended.append(session.key)
+                        session = extended
+                if await self.expiry.warn(session, now):
+                    report.warned.append(session.key)
+        if self.idle.due(now):
+            idle = await self.idle.find(now, skip=decided)
+            async with self.lock:
+                for found in idle:
+                    session = await self.db(self.sessions.get, found.key)  # as it is now
+                    if session is None or session.state != "running":
+                        continue
+                    if await self.idle.stop(session, now):
+                        decided.append(session.key)
+                        report.idle.append(session.key)
+        # Stops go out together and outside the lock: the hub may take seconds to answer.
+        await self.stops.send(decided)
+        report.seconds = time.perf_counter() - started
+        self.last = report
+        return report

@@ -15,7 +15,7 @@ from jupyterhub_credits.catalog import (
     DEFAULT_HOURS,
     QUOTA,
     GroupPolicy,
-    InvalidRequest,
+    InvalidUserOptions,
     Quotas,
     admit,
     effective_quotas,
@@ -65,12 +65,12 @@ def test_an_empty_request_gets_the_documented_defaults():
         spawn = validate_request(CATALOG, options)
         assert spawn.image == CATALOG.default_image.id
         assert (spawn.gpu_type, spawn.gpus, spawn.hours) == ("none", 0, DEFAULT_HOURS)
-        assert spawn.rate_per_hour_units == CATALOG.cpu.price_per_hour
+        assert spawn.rate_per_hour == CATALOG.cpu.price_per_hour
 
 
 def test_a_gpu_type_without_a_count_means_one_gpu():
     spawn = request(gpu_type="a100", hours="8")
-    assert (spawn.gpus, spawn.hours, spawn.rate_per_hour_units) == (1, Decimal(8), 15_000)
+    assert (spawn.gpus, spawn.hours, spawn.rate_per_hour) == (1, Decimal(8), 15_000)
     assert spawn.gpu_label == "A100"
 
 
@@ -127,7 +127,7 @@ def cpu_only_h100_catalog():
     ],
 )
 def test_invalid_requests_say_which_option_is_wrong(options, key, words):
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(InvalidUserOptions) as caught:
         validate_request(CATALOG, options)
     assert caught.value.key == key
     assert words in str(caught.value)
@@ -135,13 +135,13 @@ def test_invalid_requests_say_which_option_is_wrong(options, key, words):
 
 def test_a_gpu_type_the_image_does_not_run_on_is_refused():
     with pytest.raises(
-        InvalidRequest, match=r"TensorFlow 2\.17 .* does not run on H100; it runs on T4, A100"
+        InvalidUserOptions, match=r"TensorFlow 2\.17 .* does not run on H100; it runs on T4, A100"
     ):
         validate_request(cpu_only_h100_catalog(), {"image": "tf-2.17", "gpu_type": "h100"})
 
 
 def test_user_options_must_be_a_mapping():
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidUserOptions):
         validate_request(CATALOG, ["image"])
 
 
@@ -152,7 +152,7 @@ def test_120_credits_start_8_a100_hours_and_hold_all_of_it():
     decision = decide(request(gpu_type="a100", hours="8"), available=120_000)
     assert decision.ok and decision.reason is None
     assert decision.hold_units == 120_000
-    assert decision.rate_per_hour_units == 15_000
+    assert decision.rate_per_hour == 15_000
     assert (
         decision.message == "Holding 120.00 credits for 8 hours of 1 × A100 (15.00 credits/hour)."
     )
@@ -189,7 +189,7 @@ def test_unknown_capacity_is_not_checked():
         (
             {"gpu_type": "t4", "hours": "0.01"},
             0,
-            "prepaid for at least 1 minute; you asked for less than a minute.",
+            "prepaid for at least 1 minute; you asked for 36 s.",
         ),
         (
             {"gpu_type": "t4"},
@@ -239,7 +239,7 @@ def test_a_balance_short_of_the_hours_says_what_it_buys():
     assert decision.affordable_hours == Decimal("2.66")
     assert decision.message == (
         "8 hours of 1 × A100 (15.00 credits/hour) cost 120.00 credits, but your balance is "
-        "40.00 credits, which buys 2 hours 40 minutes. Choose at most 2.66 hours, "
+        "40.00 credits, which buys 2 h 40 min. Choose at most 2.66 hours, "
         "or earn more credits."
     )
 
@@ -313,7 +313,7 @@ def test_an_admitted_request_fits_every_limit(spawn, running, free, available):
         and (spawn.gpus == 0 or running < QUOTAS.max_concurrent_gpu_sessions)
     )
     capacity_ok = spawn.gpus == 0 or free.get(spawn.gpu_type, 0) >= spawn.gpus
-    balance_ok = available >= hold_amount(spawn.rate_per_hour_units, spawn.hours)
+    balance_ok = available >= hold_amount(spawn.rate_per_hour, spawn.hours)
     expected = (
         QUOTA
         if not quota_ok
@@ -326,7 +326,7 @@ def test_an_admitted_request_fits_every_limit(spawn, running, free, available):
     assert decision.reason == expected
     assert decision.ok == (expected is None)
     if decision.ok:
-        assert decision.hold_units == hold_amount(spawn.rate_per_hour_units, spawn.hours)
+        assert decision.hold_units == hold_amount(spawn.rate_per_hour, spawn.hours)
         assert decision.hold_units <= available
 
 

@@ -14,7 +14,7 @@ from jupyterhub_credits.catalog import (
     load_catalog,
     max_affordable_hours,
     parse_catalog,
-    rate_per_hour,
+    session_rate,
 )
 from jupyterhub_credits.ledger.amounts import parse_amount
 
@@ -119,7 +119,7 @@ def test_the_shipped_catalog_places_every_gpu_type_on_kubernetes_and_locally():
 
 def test_in_the_shipped_catalog_120_credits_buy_exactly_8_a100_hours():
     catalog = load_catalog(SHIPPED)
-    rate = rate_per_hour(catalog, "a100", 1)
+    rate = session_rate(catalog, "a100", 1)
     assert hold_amount(rate, Decimal(8)) == parse_amount("120")
     assert max_affordable_hours(rate, parse_amount("120")) == Decimal(8)
 

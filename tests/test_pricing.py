@@ -16,7 +16,7 @@ from jupyterhub_credits.catalog import (
     max_affordable_hours,
     paid_seconds,
     parse_hours,
-    rate_per_hour,
+    session_rate,
 )
 from jupyterhub_credits.ledger.amounts import parse_amount
 
@@ -33,13 +33,13 @@ four_place_hours = st.decimals(
 
 
 def test_rate_per_hour_multiplies_the_gpu_price_by_the_count():
-    assert rate_per_hour(CATALOG, "a100", 1) == A100
-    assert rate_per_hour(CATALOG, "a100", 3) == 3 * A100
-    assert rate_per_hour(CATALOG, "t4", 2) == 2 * 5_000
+    assert session_rate(CATALOG, "a100", 1) == A100
+    assert session_rate(CATALOG, "a100", 3) == 3 * A100
+    assert session_rate(CATALOG, "t4", 2) == 2 * 5_000
 
 
 def test_rate_per_hour_of_a_cpu_only_session_is_the_cpu_price():
-    assert rate_per_hour(CATALOG, "none", 0) == 1_000
+    assert session_rate(CATALOG, "none", 0) == 1_000
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_rate_per_hour_of_a_cpu_only_session_is_the_cpu_price():
 )
 def test_rate_per_hour_refuses_impossible_combinations(gpu_type, gpus, error):
     with pytest.raises(error):
-        rate_per_hour(CATALOG, gpu_type, gpus)
+        session_rate(CATALOG, gpu_type, gpus)
 
 
 # --- hold_amount, cost_of_seconds, paid_seconds

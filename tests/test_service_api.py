@@ -256,3 +256,4 @@ def test_catalog_lists_prices_and_free_gpus(hub, alice):
     assert (gpus["t4"]["free"], gpus["h100"]["free"]) == (1, 0)
     assert catalog["cpu"] == {"price_per_hour": "1.00"}
     assert catalog["quotas"]["max_hours_per_session"] == "24"
+    assert catalog["quotas"]["min_extension_minutes"] == "15"

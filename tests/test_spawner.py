@@ -56,7 +56,7 @@ def spawner_for(db_url, catalog_path, user, groups=(), server="", gpus="a100:0,a
     spawner.credits_db_url = db_url
     spawner.catalog_path = str(catalog_path)
     spawner.credits_ready_check = False
-    spawner.gpus = gpus
+    spawner.local_gpus = gpus
     return spawner
 
 
@@ -171,3 +171,14 @@ def test_allocator_never_hands_a_device_out_twice_under_contention(ledger):
         thread.join()
     assert sorted(granted) == ["0", "1", "2", "3"] and len(refused) == 4
     assert allocators[0].free() == {"a100": 0}
+
+
+def test_the_gpus_setting_is_still_accepted_for_local_gpus(db_url, catalog_path):
+    from traitlets.config import Config
+
+    config = Config()
+    config.CreditsInstantSpawner.gpus = "a100:0"
+    spawner = spawner_for(db_url, catalog_path, "old-config")
+    spawner.update_config(config)
+    assert spawner.local_gpus == "a100:0"
+    assert spawner.gpu_totals().get("a100") == 1

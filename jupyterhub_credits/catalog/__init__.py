@@ -14,7 +14,7 @@ from .admission import (
     QUOTA,
     USER_OPTION_KEYS,
     Decision,
-    InvalidRequest,
+    InvalidUserOptions,
     SpawnRequest,
     admit,
     effective_quotas,
@@ -42,7 +42,7 @@ from .pricing import (
     max_affordable_hours,
     paid_seconds,
     parse_hours,
-    rate_per_hour,
+    session_rate,
 )
 
 __all__ = [
@@ -61,7 +61,7 @@ __all__ = [
     "GroupPolicy",
     "Image",
     "InvalidHours",
-    "InvalidRequest",
+    "InvalidUserOptions",
     "KubernetesPlacement",
     "LocalPlacement",
     "Quotas",
@@ -77,6 +77,6 @@ __all__ = [
     "parse_catalog",
     "parse_hours",
     "pool_groups",
-    "rate_per_hour",
+    "session_rate",
     "validate_request",
 ]

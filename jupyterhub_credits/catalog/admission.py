@@ -22,7 +22,9 @@ from fractions import Fraction
 from typing import Any
 
 from ..ledger.amounts import UNITS_PER_CREDIT, format_amount, format_exact
+from ..quoting import quote_input
 from .model import CPU_ONLY, QUOTA_KEYS, Catalog, Quotas
+from .wording import balance_text, duration_text, hours_text, plural, price_text
 from .pricing import (
     HOURS_DECIMAL_PLACES,
     InvalidHours,
@@ -30,7 +32,7 @@ from .pricing import (
     max_affordable_hours,
     paid_seconds,
     parse_hours,
-    rate_per_hour,
+    session_rate,
 )
 
 #: The keys of ``user_options`` a spawn request may carry, and nothing else.
@@ -43,10 +45,10 @@ CAPACITY = "capacity"
 BALANCE = "balance"
 
 #: Quotas where a smaller value is the more generous one.
-_SMALLER_IS_GENEROUS = frozenset({"min_prepaid_minutes"})
+_SMALLER_IS_GENEROUS = frozenset({"min_prepaid_minutes", "min_extension_minutes"})
 
 
-class InvalidRequest(ValueError):
+class InvalidUserOptions(ValueError):
     """``user_options`` that do not describe something the catalog offers.
 
     ``key`` names the offending option (one of ``USER_OPTION_KEYS``, or None
@@ -69,7 +71,7 @@ class SpawnRequest:
     gpu_type: str
     gpus: int
     hours: Decimal
-    rate_per_hour_units: int
+    rate_per_hour: int
     gpu_label: str
 
     @property
@@ -100,7 +102,7 @@ class Decision:
     ok: bool
     reason: str | None
     message: str
-    rate_per_hour_units: int
+    rate_per_hour: int
     hold_units: int | None = None
     affordable_hours: Decimal | None = None
 
@@ -117,39 +119,43 @@ def validate_request(catalog: Catalog, user_options: Mapping[str, Any] | None) -
     """
     options = {} if user_options is None else user_options
     if not isinstance(options, Mapping):
-        raise InvalidRequest(None, f"user_options must be a mapping, not {type(options).__name__}")
+        raise InvalidUserOptions(None, f"user_options must be a mapping, not {type(options).__name__}")
     unknown = sorted(str(key) for key in options if key not in USER_OPTION_KEYS)
     if unknown:
-        raise InvalidRequest(
+        raise InvalidUserOptions(
             unknown[0],
             f"unknown option {unknown[0]!r}; a spawn request has: {', '.join(USER_OPTION_KEYS)}",
         )
     given = {key: value for key, value in options.items() if value is not None and value != ""}
 
-    image_id = given.get("image", catalog.default_image.id)
-    if not isinstance(image_id, str) or image_id not in catalog.images:
-        raise InvalidRequest(
-            "image", f"unknown image {image_id!r}; choose one of: {', '.join(catalog.images)}"
+    requested_image = given.get("image", catalog.default_image.id)
+    image_id = _catalog_id(requested_image, catalog.images)
+    if image_id is None:
+        choices = ", ".join(catalog.images)
+        raise InvalidUserOptions(
+            "image", f"unknown image {quote_input(requested_image)}; choose one of: {choices}"
         )
     image = catalog.images[image_id]
 
-    gpu_type = given.get("gpu_type", CPU_ONLY)
-    if not isinstance(gpu_type, str) or (
-        gpu_type != CPU_ONLY and gpu_type not in catalog.gpu_types
-    ):
+    requested_gpu_type = given.get("gpu_type", CPU_ONLY)
+    gpu_type = _catalog_id(requested_gpu_type, [*catalog.gpu_types, CPU_ONLY])
+    if gpu_type is None:
         choices = ", ".join([*catalog.gpu_types, CPU_ONLY])
-        raise InvalidRequest("gpu_type", f"unknown GPU type {gpu_type!r}; choose one of: {choices}")
+        raise InvalidUserOptions(
+            "gpu_type",
+            f"unknown GPU type {quote_input(requested_gpu_type)}; choose one of: {choices}",
+        )
     gpu = catalog.gpu_types.get(gpu_type)
 
     gpus = _gpu_count(given.get("gpus", 1 if gpu else 0))
     if gpu and gpus == 0:
-        raise InvalidRequest(
+        raise InvalidUserOptions(
             "gpus",
             f"a {gpu.display_name} session needs at least 1 GPU; "
             f'for no GPU choose gpu_type "{CPU_ONLY}"',
         )
     if not gpu and gpus > 0:
-        raise InvalidRequest(
+        raise InvalidUserOptions(
             "gpus", f"a CPU-only session has 0 GPUs, not {gpus}; choose a GPU type to get GPUs"
         )
 
@@ -160,30 +166,65 @@ def validate_request(catalog: Catalog, user_options: Mapping[str, Any] | None) -
         else:
             names = ", ".join(catalog.gpu_types[g].display_name for g in image.gpu_types)
             problem = f"{image.display_name} does not run on {gpu.display_name}; it runs on {names}"
-        raise InvalidRequest("gpu_type", problem)
+        raise InvalidUserOptions("gpu_type", problem)
 
     try:
         hours = parse_hours(given["hours"]) if "hours" in given else DEFAULT_HOURS
     except InvalidHours as error:
-        raise InvalidRequest("hours", str(error)) from None
+        raise InvalidUserOptions("hours", str(error)) from None
 
     return SpawnRequest(
         image=image_id,
         gpu_type=gpu_type,
         gpus=gpus,
         hours=hours,
-        rate_per_hour_units=rate_per_hour(catalog, gpu_type, gpus),
+        rate_per_hour=session_rate(catalog, gpu_type, gpus),
         gpu_label=gpu.display_name if gpu else "CPU",
     )
 
 
+def _catalog_id(value: Any, known: Iterable[str]) -> str | None:
+    """The catalog's own spelling of the id ``value`` names, in any letter case; None if none.
+
+    People type "A100" for the catalog's ``a100``: ids are matched ignoring
+    case (the catalog loader refuses two ids that differ only in case), and the
+    request then carries the canonical id, so sessions, prices and GPU
+    placement never see the user's spelling. Catalog ids are ASCII, so only
+    ASCII letters fold: no Unicode look-alike (the Kelvin sign "K") names an id.
+    """
+    if not isinstance(value, str):
+        return None
+    known = list(known)
+    if value in known:
+        return value
+    if not value.isascii():
+        return None
+    lowered = value.lower()
+    return next((candidate for candidate in known if candidate.lower() == lowered), None)
+
+
+#: A typo guard on a requested GPU count, far above any machine: a larger count is refused
+#: here, before any price, quota message or ``int()`` of its text is made with it.
+MAX_GPU_COUNT = 1024
+
+
 def _gpu_count(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        # ASCII digits only: "²".isdigit() is True, yet int("²") fails; and a count too long
+        # to be real is refused before int(), which rejects (slowly) thousands of digits.
+        if text.isascii() and text.isdigit():
+            if len(text.lstrip("0")) > len(str(MAX_GPU_COUNT)):
+                raise InvalidUserOptions("gpus", f"gpus must be at most {MAX_GPU_COUNT}, "
+                                             f"not {quote_input(text)}")
+            value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest("gpus", f"gpus must be a whole number, not {value!r}")
+        raise InvalidUserOptions("gpus", f"gpus must be a whole number, not {quote_input(value)}")
     if value < 0:
-        raise InvalidRequest("gpus", f"gpus must not be negative, got {value}")
+        raise InvalidUserOptions("gpus", f"gpus must not be negative, got {quote_input(value)}")
+    if value > MAX_GPU_COUNT:
+        raise InvalidUserOptions("gpus", f"gpus must be at most {MAX_GPU_COUNT}, "
+                                     f"not {quote_input(value)}")
     return value
 
 
@@ -246,35 +287,35 @@ def admit(
     e.g. an autoscaling cluster); ``available_units`` is what the paying
     account(s) can spend, reserved funds excluded.
     """
-    rate = request.rate_per_hour_units
+    rate = request.rate_per_hour
 
     def refuse(reason: str, message: str, **extra) -> Decision:
-        return Decision(ok=False, reason=reason, message=message, rate_per_hour_units=rate, **extra)
+        return Decision(ok=False, reason=reason, message=message, rate_per_hour=rate, **extra)
 
     # 1. Quota: limits per session and per user that no balance can lift.
     if request.gpus > quotas.max_gpus_per_session:
         return refuse(
             QUOTA,
-            f"At most {_count(quotas.max_gpus_per_session, 'GPU')} per session; "
+            f"At most {plural(quotas.max_gpus_per_session, 'GPU')} per session; "
             f"you asked for {request.gpus}.",
         )
     if request.hours > quotas.max_hours_per_session:
         return refuse(
             QUOTA,
-            f"At most {_hours(quotas.max_hours_per_session)} per session; "
-            f"you asked for {_hours(request.hours)}.",
+            f"At most {hours_text(quotas.max_hours_per_session)} per session; "
+            f"you asked for {hours_text(request.hours)}.",
         )
     minimum_seconds = quotas.min_prepaid_minutes * 60
     if request.hours * 3600 < minimum_seconds:
         return refuse(
             QUOTA,
-            f"A session is prepaid for at least {_count(quotas.min_prepaid_minutes, 'minute')}; "
-            f"you asked for {_duration(request.hours * 3600)}.",
+            f"A session is prepaid for at least {plural(quotas.min_prepaid_minutes, 'minute')}; "
+            f"you asked for {duration_text(request.hours * 3600)}.",
         )
     if request.uses_gpus and running_gpu_sessions >= quotas.max_concurrent_gpu_sessions:
         return refuse(
             QUOTA,
-            f"You already have {_count(running_gpu_sessions, 'GPU session')} running, "
+            f"You already have {plural(running_gpu_sessions, 'GPU session')} running, "
             f"the most allowed at once ({quotas.max_concurrent_gpu_sessions}); "
             "stop one before starting another.",
         )
@@ -289,7 +330,7 @@ def admit(
                 detail = f"none of the {request.gpus} GPUs you asked for is free right now"
             else:
                 detail = (
-                    f"only {free} of the {_count(request.gpus, 'GPU')} you asked for "
+                    f"only {free} of the {plural(request.gpus, 'GPU')} you asked for "
                     f"{'is' if free == 1 else 'are'} free right now"
                 )
             return refuse(
@@ -310,26 +351,26 @@ def admit(
                 affordable = max_affordable_hours(
                     rate, balance, max_hours=quotas.max_hours_per_session, places=4
                 )
-            buys = _duration(paid_seconds(rate, balance))
+            buys = duration_text(paid_seconds(rate, balance))
             return refuse(
                 BALANCE,
-                f"{_hours(request.hours)} of {what} cost {_credits(hold, up=True)}, "
-                f"but your balance is {_balance(balance)}, which buys {buys}. "
-                f"Choose at most {_hours(affordable)}, or earn more credits.",
+                f"{hours_text(request.hours)} of {what} cost {price_text(hold)}, "
+                f"but your balance is {balance_text(balance)}, which buys {buys}. "
+                f"Choose at most {hours_text(affordable)}, or earn more credits.",
                 affordable_hours=affordable,
             )
         return refuse(
             BALANCE,
-            f"Starting {what} needs at least {_credits(shortest_cost, up=True)} "
-            f"(the shortest session, {_count(quotas.min_prepaid_minutes, 'minute')}); "
-            f"your balance is {_balance(balance)}.",
+            f"Starting {what} needs at least {price_text(shortest_cost)} "
+            f"(the shortest session, {plural(quotas.min_prepaid_minutes, 'minute')}); "
+            f"your balance is {balance_text(balance)}.",
         )
 
     return Decision(
         ok=True,
         reason=None,
-        message=f"Holding {_credits(hold, up=True)} for {_hours(request.hours)} of {what}.",
-        rate_per_hour_units=rate,
+        message=f"Holding {price_text(hold)} for {hours_text(request.hours)} of {what}.",
+        rate_per_hour=rate,
         hold_units=hold,
     )
 
@@ -337,47 +378,11 @@ def admit(
 # --- wording
 
 
-def _count(number: int | Decimal, noun: str) -> str:
-    text = format(Decimal(number).normalize(), "f")
-    return f"{text} {noun}" if number == 1 else f"{text} {noun}s"
-
-
-def _hours(hours: Decimal) -> str:
-    text = format(hours.normalize(), "f")
-    return f"{text} hour" if hours == 1 else f"{text} hours"
-
-
-def _credits(units: int, *, up: bool = False) -> str:
-    """Units as "12.50 credits"; ``up`` rounds a price up so that it is never understated."""
-    if up:
-        step = UNITS_PER_CREDIT // 100
-        units = -(-units // step) * step
-    return f"{format_amount(units)} credits"
-
-
-def _balance(units: int) -> str:
-    """A balance, rounded down so that it is never overstated."""
-    step = UNITS_PER_CREDIT // 100
-    return f"{format_amount(units // step * step)} credits"
-
-
 def _what(request: SpawnRequest) -> str:
     """How messages name what runs, e.g. "1 × A100 (15.00 credits/hour)"."""
-    units = request.rate_per_hour_units
+    units = request.rate_per_hour
     exact = format_amount(units) if units % (UNITS_PER_CREDIT // 100) == 0 else format_exact(units)
     rate = f"{exact} credits/hour"
     if request.uses_gpus:
         return f"{request.gpus} × {request.gpu_label} ({rate})"
     return f"{request.gpu_label} ({rate})"
-
-
-def _duration(seconds: int | Decimal) -> str:
-    """Whole minutes, rounded down: "7 hours 59 minutes", "1 minute", "less than a minute"."""
-    minutes = int(seconds // 60)
-    hours, minutes = divmod(minutes, 60)
-    parts = []
-    if hours:
-        parts.append(_count(hours, "hour"))
-    if minutes:
-        parts.append(_count(minutes, "minute"))
-    return " ".join(parts) if parts else "less than a minute"

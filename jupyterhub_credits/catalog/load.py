@@ -1,32 +1,25 @@
 """Reading and checking the catalog file.
 
-The catalog sets prices and limits, so a mistake in it costs users credits or
-lets them take more than they should. It is therefore read strictly: an
-unknown key is an error (a misspelt ``max_gpus_per_sesion`` must not silently
-fall back to a default), as are duplicate keys, floats where an exact amount
-is meant, and references to things that do not exist. Every error names the
-file, the key path (``gpu_types.a100.price_per_gpu_hour``) and the problem in
-words an operator can act on.
-
-YAML floats are read as exact ``Decimal`` values from their text, so
-``price_per_gpu_hour: 2.5`` means exactly 2.5 credits.
+The catalog sets prices and limits, so it is read strictly (see ``strict.py``,
+whose checks the earning rules share): an unknown key is an error (a misspelt
+``max_gpus_per_sesion`` must not silently fall back to a default), as are
+duplicate keys, floats where an exact amount is meant, and references to
+things that do not exist. Every error names the file, the key path
+(``gpu_types.a100.price_per_gpu_hour``) and the problem in words an operator
+can act on.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
-from ..ledger.amounts import InvalidAmount, parse_amount
 from .model import (
     CPU_ONLY,
+    QUOTA_DEFAULTS,
     QUOTA_KEYS,
     Catalog,
     CpuPricing,
@@ -38,36 +31,28 @@ from .model import (
     Quotas,
 )
 from .pricing import InvalidHours, parse_hours
+from .strict import (
+    CatalogError,
+    Invalid,
+    KeyPath,
+    expect_bool,
+    expect_choice,
+    expect_credits,
+    expect_list,
+    expect_mapping,
+    expect_text,
+    expect_whole_number,
+    fail,
+    format_path,
+    frozen,
+    read_yaml,
+)
 
-KeyPath = tuple  # of str (mapping keys) and int (list positions)
+__all__ = ["CatalogError", "load_catalog", "parse_catalog"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TOLERATION_OPERATORS = ("Exists", "Equal")
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-
-
-class CatalogError(ValueError):
-    """The catalog file cannot be used; the message says where and why.
-
-    ``source`` names the file, ``path`` the key ("" for the whole file) and
-    ``problem`` what is wrong with it.
-    """
-
-    def __init__(self, source: str, path: str, problem: str):
-        self.source = source
-        self.path = path
-        self.problem = problem
-        where = f"{source}: {path}" if path else source
-        super().__init__(f"{where}: {problem}")
-
-
-class _Invalid(Exception):
-    """Raised inside the validator; ``parse_catalog`` adds the file name."""
-
-    def __init__(self, path: KeyPath, problem: str):
-        super().__init__(problem)
-        self.path = path
-        self.problem = problem
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -83,130 +68,55 @@ def load_catalog(path: str | Path) -> Catalog:
         raise CatalogError(
             source, "", f"cannot read the catalog: not UTF-8 text ({error.reason})"
         ) from None
-    return parse_catalog(_read_yaml(text, source), source=source)
+    return parse_catalog(read_yaml(text, source), source=source)
 
 
 def parse_catalog(mapping: Any, source: str = "<catalog>") -> Catalog:
     """Check ``mapping`` (the catalog as plain data, e.g. parsed YAML) and build a Catalog."""
     try:
         return _catalog(mapping, source)
-    except _Invalid as invalid:
+    except Invalid as invalid:
         raise CatalogError(source, format_path(invalid.path), invalid.problem) from None
-
-
-def format_path(path: KeyPath) -> str:
-    """``("gpu_types", "a100", "price")`` → ``gpu_types.a100.price``; list items as ``[2]``."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-# --- YAML
-
-
-class _CatalogLoader(yaml.SafeLoader):
-    """A safe YAML loader that reads floats as exact Decimals."""
-
-
-def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode):
-    text = loader.construct_scalar(node)
-    try:
-        return Decimal(text.replace("_", ""))
-    except InvalidOperation:
-        # ".inf", ".nan", "1:30.5": left as text, refused later as "not a number".
-        return text
-
-
-_CatalogLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
-
-
-def _read_yaml(text: str, source: str) -> Any:
-    try:
-        root = yaml.compose(text, Loader=_CatalogLoader)
-    except yaml.YAMLError as error:
-        raise CatalogError(source, "", _yaml_problem(error)) from None
-    if root is None:
-        raise CatalogError(source, "", "the file is empty; expected the catalog mapping")
-    _refuse_duplicate_keys(root, (), source, set())
-    try:
-        return yaml.load(text, Loader=_CatalogLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as error:
-        raise CatalogError(source, "", _yaml_problem(error)) from None
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    if mark is None:
-        return f"not valid YAML: {problem}"
-    return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def _refuse_duplicate_keys(node: yaml.Node, path: KeyPath, source: str, seen_nodes: set) -> None:
-    """PyYAML keeps the last of two equal keys; here the second one is an error."""
-    if id(node) in seen_nodes:  # an alias back to a node already checked
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key in lines:
-                raise CatalogError(
-                    source,
-                    format_path((*path, key)),
-                    f"duplicate key {key!r} (lines {lines[key]} and "
-                    f"{key_node.start_mark.line + 1}); each key may appear once",
-                )
-            if key is not None:
-                lines[key] = key_node.start_mark.line + 1
-            _refuse_duplicate_keys(value_node, (*path, key), source, seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, (*path, index), source, seen_nodes)
 
 
 # --- sections
 
 
 def _catalog(data: Any, source: str) -> Catalog:
-    top = _mapping(
+    top = expect_mapping(
         data, (), required=("images", "gpu_types", "cpu", "quotas"), optional=("earning",)
     )
     gpu_types = _gpu_types(top["gpu_types"], ("gpu_types",))
     images = _images(top["images"], ("images",), gpu_types)
-    cpu_section = _mapping(top["cpu"], ("cpu",), required=("price_per_hour",))
+    cpu_section = expect_mapping(top["cpu"], ("cpu",), required=("price_per_hour",))
     cpu = CpuPricing(
-        price_per_hour=_price(cpu_section["price_per_hour"], ("cpu", "price_per_hour"))
+        price_per_hour=expect_credits(cpu_section["price_per_hour"], ("cpu", "price_per_hour"))
     )
     quotas, groups = _quotas(top["quotas"], ("quotas",))
     earning = top.get("earning")
     if earning is None:
         earning = {}
-    _mapping(earning, ("earning",), open_keys=True)
+    expect_mapping(earning, ("earning",), open_keys=True)
     return Catalog(
         images=MappingProxyType(images),
         gpu_types=MappingProxyType(gpu_types),
         cpu=cpu,
         quotas=quotas,
         groups=MappingProxyType(groups),
-        earning=_frozen(earning),
+        earning=frozen(earning),
         source=source,
     )
 
 
 def _gpu_types(data: Any, path: KeyPath) -> dict[str, GpuType]:
     gpu_types = {}
-    for gpu_id, entry in _mapping(data, path, open_keys=True).items():
+    for gpu_id, entry in expect_mapping(data, path, open_keys=True).items():
         here = (*path, gpu_id)
         _identifier(gpu_id, here, what="GPU type id")
-        if gpu_id == CPU_ONLY:
-            _fail(here, f'"{CPU_ONLY}" is reserved for CPU-only sessions; pick another GPU type id')
-        section = _mapping(
+        if gpu_id.lower() == CPU_ONLY:  # requests name "none" in any letter case
+            fail(here, f'"{CPU_ONLY}" is reserved for CPU-only sessions; pick another GPU type id')
+        _refuse_same_id_ignoring_case(gpu_id, gpu_types, here, what="GPU type id")
+        section = expect_mapping(
             entry,
             here,
             required=("display_name", "price_per_gpu_hour"),
@@ -216,9 +126,9 @@ def _gpu_types(data: Any, path: KeyPath) -> dict[str, GpuType]:
         local = section.get("local")
         gpu_types[gpu_id] = GpuType(
             id=gpu_id,
-            display_name=_text(section["display_name"], (*here, "display_name")),
-            description=_text(section.get("description", ""), (*here, "description"), blank=True),
-            price_per_gpu_hour=_price(section["price_per_gpu_hour"], (*here, "price_per_gpu_hour")),
+            display_name=expect_text(section["display_name"], (*here, "display_name")),
+            description=expect_text(section.get("description", ""), (*here, "description"), blank=True),
+            price_per_gpu_hour=expect_credits(section["price_per_gpu_hour"], (*here, "price_per_gpu_hour")),
             kubernetes=None
             if kubernetes is None
             else _kubernetes(kubernetes, (*here, "kubernetes")),
@@ -228,60 +138,61 @@ def _gpu_types(data: Any, path: KeyPath) -> dict[str, GpuType]:
 
 
 def _kubernetes(data: Any, path: KeyPath) -> KubernetesPlacement:
-    section = _mapping(data, path, optional=("node_selector", "tolerations", "resource"))
+    section = expect_mapping(data, path, optional=("node_selector", "tolerations", "resource"))
     selector_path = (*path, "node_selector")
     selector = {
-        label: _text(value, (*selector_path, label))
-        for label, value in _mapping(
+        label: expect_text(value, (*selector_path, label))
+        for label, value in expect_mapping(
             section.get("node_selector", {}), selector_path, open_keys=True
         ).items()
     }
     tolerations = tuple(
         _toleration(item, (*path, "tolerations", index))
-        for index, item in enumerate(_list(section.get("tolerations", []), (*path, "tolerations")))
+        for index, item in enumerate(expect_list(section.get("tolerations", []), (*path, "tolerations")))
     )
-    resource = _text(section.get("resource", "nvidia.com/gpu"), (*path, "resource"))
+    resource = expect_text(section.get("resource", "nvidia.com/gpu"), (*path, "resource"))
     return KubernetesPlacement(
         node_selector=MappingProxyType(selector), tolerations=tolerations, resource=resource
     )
 
 
 def _toleration(data: Any, path: KeyPath) -> Mapping[str, Any]:
-    section = _mapping(
+    section = expect_mapping(
         data, path, optional=("key", "operator", "value", "effect", "tolerationSeconds")
     )
     toleration: dict[str, Any] = {}
     for key in ("key", "value"):
         if key in section:
-            toleration[key] = _text(section[key], (*path, key), blank=True)
+            toleration[key] = expect_text(section[key], (*path, key), blank=True)
     if "operator" in section:
-        toleration["operator"] = _choice(
+        toleration["operator"] = expect_choice(
             section["operator"], (*path, "operator"), _TOLERATION_OPERATORS
         )
     if "effect" in section:
-        toleration["effect"] = _choice(section["effect"], (*path, "effect"), _TOLERATION_EFFECTS)
+        toleration["effect"] = expect_choice(section["effect"], (*path, "effect"), _TOLERATION_EFFECTS)
     if "tolerationSeconds" in section:
-        toleration["tolerationSeconds"] = _whole_number(
+        toleration["tolerationSeconds"] = expect_whole_number(
             section["tolerationSeconds"], (*path, "tolerationSeconds"), minimum=0
         )
     return MappingProxyType(toleration)
 
 
 def _local(data: Any, path: KeyPath) -> LocalPlacement:
-    section = _mapping(data, path, required=("match",))
-    return LocalPlacement(match=_text(section["match"], (*path, "match")))
+    section = expect_mapping(data, path, required=("match",))
+    return LocalPlacement(match=expect_text(section["match"], (*path, "match")))
 
 
 def _images(data: Any, path: KeyPath, gpu_types: Mapping[str, GpuType]) -> dict[str, Image]:
-    entries = _mapping(data, path, open_keys=True)
+    entries = expect_mapping(data, path, open_keys=True)
     if not entries:
-        _fail(path, "no images: list at least one image users can start")
+        fail(path, "no images: list at least one image users can start")
     images: dict[str, Image] = {}
     default_id = None
     for image_id, entry in entries.items():
         here = (*path, image_id)
         _identifier(image_id, here, what="image id")
-        section = _mapping(
+        _refuse_same_id_ignoring_case(image_id, images, here, what="image id")
+        section = expect_mapping(
             entry,
             here,
             required=("display_name", "tensorflow", "image", "gpu_types"),
@@ -290,15 +201,15 @@ def _images(data: Any, path: KeyPath, gpu_types: Mapping[str, GpuType]) -> dict[
         allowed = _image_gpu_types(section["gpu_types"], (*here, "gpu_types"), gpu_types)
         cuda = section.get("cuda")
         if cuda is not None:
-            cuda = _text(cuda, (*here, "cuda"))
+            cuda = expect_text(cuda, (*here, "cuda"))
         elif allowed:
-            _fail(
+            fail(
                 (*here, "cuda"),
                 'missing key (an image that runs on GPUs must name its CUDA version, e.g. "12.5")',
             )
-        default = _bool(section.get("default", False), (*here, "default"))
+        default = expect_bool(section.get("default", False), (*here, "default"))
         if default and default_id is not None:
-            _fail(
+            fail(
                 (*here, "default"),
                 f"only one image can be the default, and images.{default_id} already is",
             )
@@ -306,42 +217,44 @@ def _images(data: Any, path: KeyPath, gpu_types: Mapping[str, GpuType]) -> dict[
             default_id = image_id
         images[image_id] = Image(
             id=image_id,
-            display_name=_text(section["display_name"], (*here, "display_name")),
-            description=_text(section.get("description", ""), (*here, "description"), blank=True),
-            tensorflow=_text(section["tensorflow"], (*here, "tensorflow")),
+            display_name=expect_text(section["display_name"], (*here, "display_name")),
+            description=expect_text(section.get("description", ""), (*here, "description"), blank=True),
+            tensorflow=expect_text(section["tensorflow"], (*here, "tensorflow")),
             cuda=cuda,
             image=_image_reference(section["image"], (*here, "image")),
             gpu_types=allowed,
             default=default,
         )
     if default_id is None:
-        _fail(path, "no default image: mark exactly one image with default: true")
+        fail(path, "no default image: mark exactly one image with default: true")
     return images
 
 
 def _image_gpu_types(data: Any, path: KeyPath, gpu_types: Mapping[str, GpuType]) -> tuple[str, ...]:
     allowed: list[str] = []
-    for index, gpu_id in enumerate(_list(data, path)):
+    for index, gpu_id in enumerate(expect_list(data, path)):
         here = (*path, index)
-        gpu_id = _text(gpu_id, here)
+        gpu_id = expect_text(gpu_id, here)
         if gpu_id == CPU_ONLY:
-            _fail(
+            fail(
                 here,
                 f'"{CPU_ONLY}" needs no entry: every image can run CPU-only; '
                 "use gpu_types: [] for an image that never uses a GPU",
             )
         if gpu_id not in gpu_types:
             known = ", ".join(gpu_types) or "none defined"
-            _fail(here, f"unknown GPU type {gpu_id!r} (gpu_types defines: {known})")
+            fail(here, f"unknown GPU type {gpu_id!r} (gpu_types defines: {known})")
         if gpu_id in allowed:
-            _fail(here, f"GPU type {gpu_id!r} is listed twice")
+            fail(here, f"GPU type {gpu_id!r} is listed twice")
         allowed.append(gpu_id)
     return tuple(allowed)
 
 
 def _quotas(data: Any, path: KeyPath) -> tuple[Quotas, dict[str, GroupPolicy]]:
-    section = _mapping(data, path, required=QUOTA_KEYS, optional=("groups",))
-    quotas = Quotas(**{key: _quota(key, section[key], (*path, key)) for key in QUOTA_KEYS})
+    required = tuple(key for key in QUOTA_KEYS if key not in QUOTA_DEFAULTS)
+    section = expect_mapping(data, path, required=required, optional=(*QUOTA_DEFAULTS, "groups"))
+    quotas = Quotas(**{key: _quota(key, section[key], (*path, key)) if key in section
+                       else QUOTA_DEFAULTS[key] for key in QUOTA_KEYS})
     _check_minimum_fits(quotas, path, set(QUOTA_KEYS))
 
     groups: dict[str, GroupPolicy] = {}
@@ -349,11 +262,11 @@ def _quotas(data: Any, path: KeyPath) -> tuple[Quotas, dict[str, GroupPolicy]]:
     group_entries = section.get("groups")
     if group_entries is None:
         group_entries = {}
-    for name, entry in _mapping(group_entries, groups_path, open_keys=True).items():
+    for name, entry in expect_mapping(group_entries, groups_path, open_keys=True).items():
         here = (*groups_path, name)
         if not name.strip():
-            _fail(here, "a group name must not be blank")
-        group_section = _mapping(entry, here, optional=(*QUOTA_KEYS, "pool"))
+            fail(here, "a group name must not be blank")
+        group_section = expect_mapping(entry, here, optional=(*QUOTA_KEYS, "pool"))
         overrides = {
             key: _quota(key, value, (*here, key))
             for key, value in group_section.items()
@@ -362,94 +275,51 @@ def _quotas(data: Any, path: KeyPath) -> tuple[Quotas, dict[str, GroupPolicy]]:
         group = GroupPolicy(
             name=name,
             quotas=MappingProxyType(overrides),
-            pool=_bool(group_section.get("pool", False), (*here, "pool")),
+            pool=expect_bool(group_section.get("pool", False), (*here, "pool")),
         )
         _check_minimum_fits(group.applied_to(quotas), here, set(overrides))
         groups[name] = group
     return quotas, groups
 
 
+#: Quotas that are durations, and their unit.
+_DURATION_UNITS = {
+    "max_hours_per_session": "hours",
+    "min_prepaid_minutes": "minutes",
+    "min_extension_minutes": "minutes",
+}
+
+
 def _quota(key: str, value: Any, path: KeyPath):
-    if key in ("max_hours_per_session", "min_prepaid_minutes"):
+    if key in _DURATION_UNITS:
         try:
-            return parse_hours(value, unit="minutes" if key == "min_prepaid_minutes" else "hours")
+            return parse_hours(value, unit=_DURATION_UNITS[key])
         except InvalidHours as error:
-            _fail(path, str(error))
-    return _whole_number(value, path, minimum=1)
+            fail(path, str(error))
+    return expect_whole_number(value, path, minimum=1)
 
 
 def _check_minimum_fits(quotas: Quotas, path: KeyPath, set_here: set[str]) -> None:
-    """A minimum prepaid time longer than the longest session would refuse every request."""
-    if quotas.min_prepaid_minutes > quotas.max_hours_per_session * 60:
-        key = (
-            "min_prepaid_minutes" if "min_prepaid_minutes" in set_here else "max_hours_per_session"
-        )
-        _fail(
-            (*path, key),
-            f"min_prepaid_minutes ({quotas.min_prepaid_minutes}) is longer than "
-            f"max_hours_per_session ({quotas.max_hours_per_session} hours): "
-            "no session could ever start",
-        )
+    """A minimum longer than the longest session would refuse every request of its kind."""
+    for minimum, what in (
+        ("min_prepaid_minutes", "no session could ever start"),
+        ("min_extension_minutes", "no session could ever be extended"),
+    ):
+        if getattr(quotas, minimum) > quotas.max_hours_per_session * 60:
+            key = minimum if minimum in set_here else "max_hours_per_session"
+            fail(
+                (*path, key),
+                f"{minimum} ({getattr(quotas, minimum)}) is longer than "
+                f"max_hours_per_session ({quotas.max_hours_per_session} hours): {what}",
+            )
 
 
 # --- values
 
 
-def _fail(path: KeyPath, problem: str):
-    raise _Invalid(path, problem)
-
-
-def _mapping(
-    value: Any,
-    path: KeyPath,
-    *,
-    required: tuple[str, ...] = (),
-    optional: tuple[str, ...] = (),
-    open_keys: bool = False,
-) -> dict[str, Any]:
-    """Check that ``value`` is a mapping with text keys, the ``required`` ones and no others.
-
-    ``open_keys`` accepts any key (mappings keyed by id, or opaque sections).
-    """
-    if not isinstance(value, Mapping):
-        _fail(path, f"expected a mapping (key: value lines), got {_describe(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            _fail((*path, str(key)), f"keys must be text, got {_describe(key)}; quote it")
-        if not open_keys and key not in required and key not in optional:
-            _fail((*path, key), _unknown_key(key, (*required, *optional)))
-    for key in required:
-        if key not in value:
-            _fail((*path, key), "missing key (required)")
-    return dict(value)
-
-
-def _unknown_key(key: str, expected: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, expected, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key; {hint}expected one of: {', '.join(expected)}"
-
-
-def _list(value: Any, path: KeyPath) -> list:
-    if not isinstance(value, (list, tuple)):
-        _fail(path, f"expected a list, got {_describe(value)}")
-    return list(value)
-
-
-def _text(value: Any, path: KeyPath, *, blank: bool = False) -> str:
-    if not isinstance(value, str):
-        hint = ""
-        if isinstance(value, (bool, int, Decimal)):
-            hint = "; quote it if it is meant as text"
-        _fail(path, f"expected text, got {_describe(value)}{hint}")
-    if not blank and not value.strip():
-        _fail(path, "must not be empty")
-    return value
-
-
 def _identifier(value: str, path: KeyPath, *, what: str) -> str:
     if not _ID.match(value):
-        _fail(
+        fail(
             path,
             f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-' "
             "(starting with a letter or digit, at most 63 characters)",
@@ -457,68 +327,23 @@ def _identifier(value: str, path: KeyPath, *, what: str) -> str:
     return value
 
 
+def _refuse_same_id_ignoring_case(
+    new_id: str, earlier: Mapping[str, Any], path: KeyPath, *, what: str
+) -> None:
+    """Spawn requests name ids in any letter case ("A100"), so two ids may not differ only so."""
+    for earlier_id in earlier:
+        if earlier_id.lower() == new_id.lower():
+            fail(
+                path,
+                f"{what} {new_id!r} is {earlier_id!r} in other letter case; requests match ids "
+                "ignoring case, so each id must differ from the others in more than case",
+            )
+
+
 def _image_reference(value: Any, path: KeyPath) -> str:
-    reference = _text(value, path)
+    reference = expect_text(value, path)
     if any(character.isspace() for character in reference):
-        _fail(path, f"an image reference contains no spaces, got {reference!r}")
+        fail(path, f"an image reference contains no spaces, got {reference!r}")
     return reference
 
 
-def _bool(value: Any, path: KeyPath) -> bool:
-    if not isinstance(value, bool):
-        _fail(path, f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _whole_number(value: Any, path: KeyPath, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, f"expected a whole number, got {_describe(value)}")
-    if value < minimum:
-        _fail(path, f"must be at least {minimum}, got {value}")
-    return value
-
-
-def _choice(value: Any, path: KeyPath, choices: tuple[str, ...]) -> str:
-    text = _text(value, path)
-    if text not in choices:
-        _fail(path, f"expected one of {', '.join(choices)}, got {text!r}")
-    return text
-
-
-def _price(value: Any, path: KeyPath) -> int:
-    """Credits (decimal string, int or exact YAML decimal) → units; must be positive.
-
-    A price of zero is refused: every session is paid for by a hold, and the
-    ledger holds only positive amounts.
-    """
-    try:
-        return parse_amount(value)
-    except InvalidAmount as error:
-        _fail(path, f'{error} (credits, as a decimal such as "15" or "2.5")')
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"true/false ({str(value).lower()})"
-    if isinstance(value, (int, Decimal)):
-        return f"a number ({value})"
-    if isinstance(value, float):
-        return f"a float ({value!r})"
-    if isinstance(value, str):
-        return f"text ({value!r})"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return type(value).__name__
-
-
-def _frozen(value: Any) -> Any:
-    """A read-only deep copy: mappings become MappingProxyType, lists tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({key: _frozen(item) for key, item in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(item) for item in value)
-    return value

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..catalog.load import (
+from ..catalog.strict import (
     CatalogError,
-    _bool,
-    _fail,
-    _Invalid,
-    _mapping,
-    _price,
-    _unknown_key,
-    _whole_number,
+    Invalid,
+    expect_bool,
+    expect_credits,
+    expect_mapping,
+    expect_whole_number,
+    fail,
     format_path,
+    unknown_key,
 )
 
 SIGNUP = "signup"
@@ -143,7 +143,7 @@ def parse_earning(section: Mapping[str, Any] | None, source: str = "<catalog>") 
     """Check the catalog's ``earning:`` section and merge it over the defaults."""
     try:
         return _earning(section, source)
-    except _Invalid as invalid:
+    except Invalid as invalid:
         raise CatalogError(source, format_path(invalid.path), invalid.problem) from None
 
 
@@ -158,26 +158,26 @@ def default_rules() -> EarningRules:
 
 def _earning(section: Any, source: str) -> EarningRules:
     path = ("earning",)
-    section = {} if section is None else _mapping(section, path, optional=_TOP_KEYS)
+    section = {} if section is None else expect_mapping(section, path, optional=_TOP_KEYS)
     merged = {**DEFAULT_EARNING, **section}
     rules_path = (*path, "rules")
     given = merged.get("rules")
-    given = {} if given is None else _mapping(given, rules_path, open_keys=True)
+    given = {} if given is None else expect_mapping(given, rules_path, open_keys=True)
     for name in given:
         if name not in RULE_NAMES:
-            _fail((*rules_path, name), _unknown_key(name, RULE_NAMES).replace("key", "rule", 1))
+            fail((*rules_path, name), unknown_key(name, RULE_NAMES).replace("key", "rule", 1))
     rules = {}
     for name in RULE_NAMES:
         here = (*rules_path, name)
         entry = given.get(name, {})
-        entry = {} if entry is None else _mapping(entry, here, optional=_RULE_KEYS[name])
+        entry = {} if entry is None else expect_mapping(entry, here, optional=_RULE_KEYS[name])
         rules[name] = _rule(name, {**DEFAULT_EARNING["rules"][name], **entry}, here)
     return EarningRules(
         rules=MappingProxyType(rules),
         max_claims_per_day=_credits(merged["max_claims_per_day"], (*path, "max_claims_per_day")),
-        rate_limit_per_minute=_whole_number(merged["rate_limit_per_minute"],
+        rate_limit_per_minute=expect_whole_number(merged["rate_limit_per_minute"],
                                             (*path, "rate_limit_per_minute"), minimum=1),
-        session_grace_s=_whole_number(merged["session_grace_s"], (*path, "session_grace_s"),
+        session_grace_s=expect_whole_number(merged["session_grace_s"], (*path, "session_grace_s"),
                                       minimum=0),
     )
 
@@ -189,10 +189,10 @@ def _rule(name: str, entry: dict, path: tuple) -> Rule:
         "name": name,
         "points": _credits(entry[points_key], (*path, points_key)),
         "per_minute": per_minute,
-        "enabled": _bool(entry.get("enabled", True), (*path, "enabled")),
+        "enabled": expect_bool(entry.get("enabled", True), (*path, "enabled")),
         "expires_after_days": _optional_count(entry.get("expires_after_days"),
                                               (*path, "expires_after_days")),
-        "min_interval_s": _whole_number(entry.get("min_interval_s", 0), (*path, "min_interval_s"),
+        "min_interval_s": expect_whole_number(entry.get("min_interval_s", 0), (*path, "min_interval_s"),
                                         minimum=0),
     }
     if name == SIGNUP:
@@ -205,25 +205,25 @@ def _rule(name: str, entry: dict, path: tuple) -> Rule:
     if name in HUB_ONLY_RULES:
         fields["trusted_only"] = True
     else:
-        fields["trusted_only"] = _bool(entry.get("trusted_only", False), (*path, "trusted_only"))
+        fields["trusted_only"] = expect_bool(entry.get("trusted_only", False), (*path, "trusted_only"))
     if name == TRAINING_RUN:
-        fields["min_duration_s"] = _whole_number(entry["min_duration_s"],
+        fields["min_duration_s"] = expect_whole_number(entry["min_duration_s"],
                                                  (*path, "min_duration_s"), minimum=1)
     if name == EFFICIENCY_BONUS:
         for key in ("min_utilization", "min_coverage_percent"):
-            value = _whole_number(entry[key], (*path, key), minimum=1)
+            value = expect_whole_number(entry[key], (*path, key), minimum=1)
             if value > 100:
-                _fail((*path, key), f"a percentage: at most 100, got {value}")
+                fail((*path, key), f"a percentage: at most 100, got {value}")
             fields[key] = value
     return Rule(**fields)
 
 
 def _credits(value: Any, path: tuple) -> int:
-    return _price(value, path)
+    return expect_credits(value, path)
 
 
 def _optional_count(value: Any, path: tuple) -> int | None:
     """A whole number of at least 1, or null for "no bound"."""
     if value is None:
         return None
-    return _whole_number(value, path, minimum=1)
+    return expect_whole_number(value, path, minimum=1)

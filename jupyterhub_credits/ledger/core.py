@@ -19,13 +19,14 @@ import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from ..quoting import quote_input
 from . import database
 from .amounts import MAX_UNITS, InvalidAmount
 from .errors import (
@@ -58,7 +59,13 @@ SWEEP_TIMEOUT_PREFIX = "timeout:"
 SWEEP_EXPIRE_PREFIX = "expire:"
 RESERVED_KEY_PREFIXES = (SWEEP_TIMEOUT_PREFIX, SWEEP_EXPIRE_PREFIX)
 
-_NAME_BODY = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
+#: Accounts are ``<kind>:<name>``; a hub user's is ``user:`` + the hub name, verbatim.
+USER_PREFIX = "user:"
+ACCOUNT_KINDS = ("user", "group", "system")
+#: What a name in an account may be. JupyterHub allows nearly any user or group name
+#: (spaces, ``:``, ``/``, ``%``, unicode), so only what no name needs is refused.
+NAME_RULE = "1-200 characters, no control characters, no leading or trailing spaces"
+_NAME_BODY = re.compile(r"(?!\s)[^\x00-\x1f\x7f-\x9f]{1,200}(?<!\s)")
 _MAX_KEY_LENGTH = 255
 
 
@@ -67,18 +74,41 @@ def utcnow() -> datetime:
 
 
 def account_name(text: str) -> str:
-    """The canonical account name: ``alice`` → ``user:alice``; ``group:x`` and ``system:x`` stay."""
+    """The canonical account name from what an admin types (the CLI's documented rule).
+
+    ``alice`` → ``user:alice``; ``user:x``, ``group:x`` and ``system:x`` stay. Only
+    admin input is read this way: a hub user's own account is ``user_account(name)``,
+    which never reads a hub name as an account name.
+    """
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequest("account name must be a non-empty string")
     text = text.strip()
     kind, sep, body = text.partition(":")
-    if sep and kind in ("user", "group", "system"):
+    if sep and kind in ACCOUNT_KINDS:
         name = text
+    elif re.search(r"\s", text):
+        # A bare NAME has no kind to delimit it, and a space in it is likelier a slip than
+        # a name: a hub user whose name has spaces is written in full, ``user:NAME``.
+        raise InvalidRequest(f"invalid account name {quote_input(text)}: a name with spaces needs "
+                             "its kind in front, e.g. user:NAME")
     else:
-        kind, body, name = "user", text, f"user:{text}"
-    if not _NAME_BODY.match(body):
-        raise InvalidRequest(f"invalid account name {text!r}: 1-200 characters, no spaces")
+        kind, body, name = "user", text, USER_PREFIX + text
+    if not _NAME_BODY.fullmatch(body):
+        raise InvalidRequest(f"invalid account name {quote_input(text)}: {NAME_RULE}")
     return name
+
+
+def user_account(hub_name: str) -> str:
+    """The account of the hub user ``hub_name``: ``user:`` + the hub name, verbatim.
+
+    Never parsed: the hub user ``user:bob`` owns ``user:user:bob``, not bob's
+    account, and ``group:x`` owns ``user:group:x``. Since the prefix is fixed,
+    an account built here maps back to exactly one hub name.
+    """
+    if not isinstance(hub_name, str) or not _NAME_BODY.fullmatch(hub_name):
+        raise InvalidRequest(f"the user name {quote_input(hub_name)} cannot have a credits "
+                             f"account: {NAME_RULE}")
+    return USER_PREFIX + hub_name
 
 
 def account_kind(name: str) -> str:
@@ -131,8 +161,21 @@ class SweepReport:
     expired_units: int = 0
 
 
+@dataclass(frozen=True)
+class HoldResolution:
+    """One hold's part in ``Ledger.resolve_holds``: post ``amount`` (0: void it) under ``key``."""
+
+    hold_key: str
+    amount: int
+    key: str
+
+
 class _Duplicate(Exception):
     """Raised inside a transaction when its key is already taken, to roll it back."""
+
+
+class _Raced(Exception):
+    """A concurrent writer changed what a batch read; roll back and read again."""
 
 
 class Ledger:
@@ -282,29 +325,9 @@ class Ledger:
                                       reason=reason, metadata=metadata, pending_id=hold["id"])
             self._resolve_hold(conn, hold, "posted", posted, now)
             self._lock_account(conn, hold["debit"])
-            rows = conn.execute(
-                select(hold_lots.c.lot_id, hold_lots.c.amount)
-                .join(lots, lots.c.id == hold_lots.c.lot_id)
-                .where(hold_lots.c.hold_id == hold["id"])
-                .order_by(*_expiry_order(), lots.c.id)
-            ).all()
-            left = posted
-            for lot_id, reserved in rows:
-                take = min(left, reserved)
-                left -= take
-                conn.execute(update(lots).where(lots.c.id == lot_id).values(
-                    remaining=lots.c.remaining - take, reserved=lots.c.reserved - reserved))
-                if take:
-                    conn.execute(insert(lot_movements).values(
-                        lot_id=lot_id, transfer_id=transfer_id, amount=take))
+            self._release_hold_lots(conn, hold, posted, transfer_id, actor)
             conn.execute(update(accounts).where(accounts.c.id == hold["debit"]).values(
                 balance=accounts.c.balance - posted, reserved=accounts.c.reserved - hold["amount"]))
-            if posted < hold["amount"]:
-                # The unposted remainder is voided in the same breath: one resolution.
-                self._insert_transfer(conn, None, None, kind="void", debit=hold["debit"],
-                                      credit=hold["credit"], amount=hold["amount"] - posted,
-                                      actor=actor, reason="remainder of partial post",
-                                      metadata=None, pending_id=hold["id"])
             return transfer_id
 
         return self._transact(key, digest, work)
@@ -316,21 +339,168 @@ class Ledger:
                           fingerprint=fingerprint)
 
     def _void(self, hold_key: str, *, key: str, actor: str, reason: str, metadata: dict | None,
-              fingerprint: dict | None, system: bool = False) -> TransferResult:
+              fingerprint: dict | None, system: bool = False,
+              timed_out_by: datetime | None = None) -> TransferResult:
         digest = request_digest(fingerprint or {
             "op": "void", "hold": hold_key, "reason": reason, "metadata": metadata})
 
         def work(conn: Connection) -> int:
             hold = self._find_hold(conn, hold_key)
-            return self._void_hold(conn, hold, key, digest, actor, reason, metadata)
+            return self._void_hold(conn, hold, key, digest, actor, reason, metadata,
+                                   timed_out_by=timed_out_by)
 
         return self._transact(key, digest, work, system=system)
+
+    def resolve_holds(self, resolutions: Sequence[HoldResolution], *, actor: str,
+                     reason: str = "", metadata: dict | None = None
+                     ) -> list[TransferResult | None]:
+        """Post or void many holds in ONE transaction (e.g. all the holds of a session).
+
+        Each hold is still resolved exactly once by its own post or void transfer,
+        under its own idempotency key and recorded exactly as ``post`` / ``void``
+        record it (same request digests), so a retry — or a session's settlement
+        begun hold by hold — changes nothing. The answer has one entry per resolution, in
+        order: None for a hold that is unknown or was resolved under another key
+        meanwhile (e.g. voided by the sweep), so nothing was taken from it.
+        One transaction instead of one per hold: a session extended many times
+        settles in about the time of one post, not one per extension.
+        """
+        items = list(resolutions)
+        if not items:
+            return []
+        digests = []
+        for item in items:
+            _check_key(item.key)
+            if item.amount:
+                _check_units(item.amount)
+                request = {"op": "post", "hold": item.hold_key, "amount": item.amount}
+            else:
+                request = {"op": "void", "hold": item.hold_key}
+            digests.append(request_digest({**request, "reason": reason, "metadata": metadata}))
+
+        def work(conn: Connection) -> list[TransferResult | None]:
+            already = {row.key: row for row in conn.execute(
+                _transfer_query().add_columns(transfers.c.request_hash)
+                .where(transfers.c.key.in_({item.key for item in items})))}
+            found = {row.key: row for row in conn.execute(
+                select(transfers.c.id, transfers.c.key, transfers.c.kind,
+                       transfers.c.debit_account_id, transfers.c.credit_account_id,
+                       transfers.c.amount, holds.c.state)
+                .outerjoin(holds, holds.c.transfer_id == transfers.c.id)
+                .where(transfers.c.key.in_({item.hold_key for item in items})))}
+            now = self.clock()
+            answers: list = []
+            resolved = []  # (hold, posted, transfer id)
+            # Keys, then holds, then accounts: the ledger's one lock order.
+            for item, digest in zip(items, digests):
+                row = already.get(item.key)
+                if row is not None:
+                    if row.request_hash != digest:
+                        raise IdempotencyConflict(
+                            f"idempotency key {item.key!r} was already used for a different "
+                            f"request (transfer {row.id}, {row.kind})")
+                    answers.append(TransferResult(_transfer(row), duplicate=True))
+                    continue
+                hold_row = found.get(item.hold_key)
+                if hold_row is None or hold_row.state != "pending":
+                    answers.append(None)
+                    continue
+                if hold_row.kind != "hold":  # pragma: no cover - only holds have a state
+                    raise InvalidRequest(f"transfer {item.hold_key!r} is not a hold")
+                if item.amount > hold_row.amount:
+                    raise InvalidRequest(f"cannot post {item.amount} units: hold "
+                                         f"{item.hold_key!r} reserves only {hold_row.amount}")
+                hold = {"id": hold_row.id, "key": item.hold_key,
+                        "debit": hold_row.debit_account_id,
+                        "credit": hold_row.credit_account_id, "amount": hold_row.amount}
+                transfer_id = self._insert_transfer(
+                    conn, item.key, digest, kind="post" if item.amount else "void",
+                    debit=hold["debit"], credit=hold["credit"],
+                    amount=item.amount or hold["amount"], actor=actor, reason=reason,
+                    metadata=metadata, pending_id=hold["id"], created_at=now)
+                if transfer_id is None or not self._resolve_if_pending(
+                        conn, hold, "posted" if item.amount else "voided", item.amount, now):
+                    raise _Raced()  # a concurrent writer got there between our read and now
+                resolved.append((hold, item.amount, transfer_id))
+                answers.append(transfer_id)
+            debits = sorted({hold["debit"] for hold, _, _ in resolved})
+            for account_id in debits:
+                self._lock_account(conn, account_id)
+            for hold, posted, transfer_id in resolved:
+                self._release_hold_lots(conn, hold, posted, transfer_id, actor)
+            for account_id in debits:
+                mine = [(hold, posted) for hold, posted, _ in resolved
+                        if hold["debit"] == account_id]
+                conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+                    balance=accounts.c.balance - sum(posted for _, posted in mine),
+                    reserved=accounts.c.reserved - sum(hold["amount"] for hold, _ in mine)))
+            created = {row.id: _transfer(row) for row in conn.execute(
+                _transfer_query().where(transfers.c.id.in_(
+                    [answer for answer in answers if isinstance(answer, int)])))}
+            return [TransferResult(created[answer]) if isinstance(answer, int) else answer
+                    for answer in answers]
+
+        for _ in range(3):
+            try:
+                return database.run_with_retries(self.engine, work)
+            except (_Raced, IntegrityError):
+                continue  # read again: the next attempt sees what the other writer did
+        raise IdempotencyConflict("could not resolve these holds: concurrent conflicting requests")
+
+    def postpone_timeouts(self, hold_keys: Sequence[str], until: datetime, *,
+                          connection: Connection | None = None) -> int:
+        """Move the timeout of these pending holds to ``until``, where it was earlier; how many.
+
+        A hold's timeout is only when the sweep may void it: whoever still needs
+        a hold (a session extended past what its first holds paid for) moves it
+        later. Nothing of the hold's transfer changes, a timeout never moves
+        earlier, and a hold without one keeps none. With ``connection`` it runs
+        in the caller's transaction, so the move commits with what made it needed.
+        """
+        if until.tzinfo is None:
+            raise InvalidRequest("until must be timezone-aware")
+        keys = list(hold_keys)
+        if not keys:
+            return 0
+        statement = (
+            update(holds)
+            .where(holds.c.transfer_id.in_(select(transfers.c.id)
+                                           .where(transfers.c.key.in_(keys))),
+                   holds.c.state == "pending", holds.c.timeout_at < until)
+            .values(timeout_at=until))
+        if connection is not None:
+            return connection.execute(statement).rowcount
+        return database.run_with_retries(
+            self.engine, lambda conn: conn.execute(statement).rowcount)
 
     # --- corrections ----------------------------------------------------------
 
     def reverse(self, transfer: int | str, *, key: str, reason: str, actor: str,
                 metadata: dict | None = None, fingerprint: dict | None = None) -> TransferResult:
-        """Undo a transfer with a new one in the opposite direction (each transfer once)."""
+        """Undo a transfer with a new one in the opposite direction (each transfer once).
+
+        What the reversal moves depends on what is undone:
+
+        - ``grant`` / ``earn`` (credits given to a user or group): what is still free
+          in the lot that transfer created, and never anything of the owner's other
+          lots. Credits of that lot already spent stay spent, those already expired
+          stay expired, and those a pending hold reserves stay with the hold (a
+          running session pays with them; if the hold is voided they return to the
+          owner, who keeps them). A lot past its expiry that the sweep has not yet
+          expired still has its remainder: the reversal takes it. So the reversal's
+          amount is at most the original's; when nothing is free it is refused
+          (``NotReversible``, saying how much expired, was spent or is reserved) —
+          to take credits from the owner's other lots, deduct.
+        - ``deduct`` / ``post`` (credits taken from an owner): the whole amount comes
+          back, as a new lot that never expires.
+        - ``expire`` is refused: credits given back as a lot without expiry would
+          last for ever; grant them again, with an expiry, instead.
+        - ``hold``, ``void`` and ``reverse`` are refused (void a hold; place a new one;
+          grant or deduct again).
+
+        A transfer is reversed at most once (a new key for it is refused), and a
+        reversal never overdraws: from an owner it takes only free credits of one lot.
+        """
         digest = request_digest(fingerprint or {
             "op": "reverse", "transfer": transfer, "reason": reason, "metadata": metadata})
 
@@ -346,6 +516,10 @@ class Ledger:
             if original.kind == "reverse":
                 raise NotReversible(
                     f"transfer {original.id} is itself a reversal: grant or deduct again instead")
+            if original.kind == "expire":
+                raise NotReversible(
+                    f"transfer {original.id} expired credits: reversing it would give them back "
+                    "without an expiry; grant them again (with an expiry) instead")
             earlier = conn.execute(select(transfers.c.id, transfers.c.key).where(
                 transfers.c.reversal_of == original.id)).first()
             if earlier is not None:
@@ -353,21 +527,63 @@ class Ledger:
                     raise _Duplicate()
                 raise NotReversible(
                     f"transfer {original.id} was already reversed by transfer {earlier.id}")
+            amount, own_lot = original.amount, None
+            if account_kind(original.credit_account) in OWNER_KINDS:
+                # Read before the key is claimed (locks go key first, then the owner);
+                # read again under the owner's lock in _take_back.
+                own_lot, amount = conn.execute(
+                    select(lots.c.id, lots.c.remaining - lots.c.reserved)
+                    .where(lots.c.transfer_id == original.id)).one()
+                if amount <= 0:
+                    # Each statement sees what committed before it (READ COMMITTED): the
+                    # lot may be empty because this very request, sent twice, just
+                    # reversed it. That is a duplicate, not a refusal.
+                    if conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first():
+                        raise _Duplicate()
+                    raise NotReversible(self._nothing_left(conn, original, own_lot))
             debit_id = self._existing_id(conn, original.credit_account)
             credit_id = self._existing_id(conn, original.debit_account)
             transfer_id = self._claim(conn, key, digest, kind="reverse", debit=debit_id,
-                                      credit=credit_id, amount=original.amount, actor=actor,
+                                      credit=credit_id, amount=amount, actor=actor,
                                       reason=reason, metadata=metadata, reversal_of=original.id)
-            if account_kind(original.credit_account) in OWNER_KINDS:
-                own_lot = conn.execute(select(lots.c.id).where(
-                    lots.c.transfer_id == original.id)).scalar()
-                self._debit_owner(conn, original.credit_account, debit_id, transfer_id,
-                                  original.amount, prefer_lot=own_lot)
+            if own_lot is not None:
+                self._take_back(conn, debit_id, own_lot, transfer_id, amount)
             if account_kind(original.debit_account) in OWNER_KINDS:
-                self._credit_owner(conn, credit_id, transfer_id, original.amount, None)
+                self._credit_owner(conn, credit_id, transfer_id, amount, None)
             return transfer_id
 
         return self._transact(key, digest, work)
+
+    def _take_back(self, conn: Connection, account_id: int, lot_id: int, transfer_id: int,
+                   amount: int) -> None:
+        """Draw ``amount`` free units from one lot (a reversed grant's own) and the balance."""
+        self._lock_account(conn, account_id)
+        free = conn.execute(select(lots.c.remaining - lots.c.reserved)
+                            .where(lots.c.id == lot_id)).scalar_one()
+        if free != amount:
+            raise _Raced()  # spent, reserved or released since it was read: read it again
+        conn.execute(update(lots).where(lots.c.id == lot_id)
+                     .values(remaining=lots.c.remaining - amount))
+        conn.execute(insert(lot_movements).values(lot_id=lot_id, transfer_id=transfer_id,
+                                                  amount=amount))
+        conn.execute(update(accounts).where(accounts.c.id == account_id)
+                     .values(balance=accounts.c.balance - amount))
+
+    def _nothing_left(self, conn: Connection, original: Transfer, lot_id: int) -> str:
+        """Why a grant's lot has nothing to take back: how much expired, was spent, is held."""
+        from .amounts import format_exact
+
+        reserved = conn.execute(select(lots.c.reserved).where(lots.c.id == lot_id)).scalar_one()
+        expired = conn.execute(
+            select(func.coalesce(func.sum(lot_movements.c.amount), 0))
+            .join(transfers, transfers.c.id == lot_movements.c.transfer_id)
+            .where(lot_movements.c.lot_id == lot_id, transfers.c.kind == "expire")).scalar()
+        spent = original.amount - int(expired) - int(reserved)
+        return (f"nothing is left to take back of transfer {original.id} "
+                f"({format_exact(original.amount)} credits): {format_exact(int(expired))} "
+                f"expired, {format_exact(spent)} were spent, {format_exact(int(reserved))} are "
+                "reserved by pending holds; to take credits from the account's other lots, "
+                "deduct")
 
     # --- the sweep --------------------------------------------------------------
 
@@ -375,7 +591,7 @@ class Ledger:
         """Void holds past their timeout, then expire the unreserved remainder of lapsed lots.
 
         Each item is its own small transaction with a key derived from what it
-        settles, so concurrent sweeps (or a sweep racing a post) settle it once.
+        resolves, so concurrent sweeps (or a sweep racing a post) resolve it once.
         """
         report = SweepReport()
         now = self.clock()
@@ -388,9 +604,10 @@ class Ledger:
             ).all()
         for hold_id, hold_key in timed_out:
             try:
+                # Checked again as it voids: the timeout may have moved since it was read.
                 result = self._void(hold_key, key=f"{SWEEP_TIMEOUT_PREFIX}hold-{hold_id}",
                                     actor=actor, reason="hold timed out", metadata=None,
-                                    fingerprint=None, system=True)
+                                    fingerprint=None, system=True, timed_out_by=now)
             except HoldNotPending:
                 continue  # posted or voided meanwhile: nothing to do
             if not result.duplicate:
@@ -411,6 +628,18 @@ class Ledger:
         return report
 
     # --- reading ------------------------------------------------------------------
+
+    def available(self, account: str) -> int:
+        """Units ``account`` can spend now; 0 for an account that has never had a transfer.
+
+        Only an unknown account reads as 0: any other failure (a bad name, the
+        database unreachable) is raised, so that nobody is refused "for lack of
+        credits" when the truth is that the ledger could not be read.
+        """
+        try:
+            return self.balance(account).available
+        except UnknownAccount:
+            return 0
 
     def balance(self, account: str) -> Balance:
         name = account_name(account)
@@ -471,6 +700,8 @@ class Ledger:
                 transfer_id = database.run_with_retries(self.engine, work)
             except _Duplicate:
                 return self._existing_result(key, digest)
+            except _Raced:
+                continue  # what the request read changed before it was locked: read again
             except IntegrityError:
                 # A concurrent writer took this key (or reversed the same transfer) first:
                 # look again from the start, which then sees what it did.
@@ -645,22 +876,63 @@ class Ledger:
                 "credit": row.credit_account_id, "amount": row.amount}
 
     def _resolve_hold(self, conn: Connection, hold: dict, state: str, posted: int,
-                      now: datetime) -> None:
-        """Mark the hold resolved, atomically and only if it is still pending."""
-        result = conn.execute(
-            update(holds).where(holds.c.transfer_id == hold["id"], holds.c.state == "pending")
-            .values(state=state, posted=posted, resolved_at=now))
-        if result.rowcount != 1:
+                      now: datetime, timed_out_by: datetime | None = None) -> None:
+        """Mark the hold resolved, atomically and only if it is still pending.
+
+        With ``timed_out_by`` (the sweep) only if its timeout is still at or before then.
+        """
+        if not self._resolve_if_pending(conn, hold, state, posted, now, timed_out_by):
             state_now = conn.execute(select(holds.c.state).where(
                 holds.c.transfer_id == hold["id"])).scalar()
+            if state_now == "pending":
+                raise HoldNotPending(f"hold {hold['key']!r} no longer times out by "
+                                     f"{timed_out_by.isoformat()}")
             raise HoldNotPending(f"hold {hold['key']!r} was already {state_now}")
 
+    def _resolve_if_pending(self, conn: Connection, hold: dict, state: str, posted: int,
+                            now: datetime, timed_out_by: datetime | None = None) -> bool:
+        still = [holds.c.transfer_id == hold["id"], holds.c.state == "pending"]
+        if timed_out_by is not None:
+            still.append(holds.c.timeout_at <= timed_out_by)
+        result = conn.execute(update(holds).where(*still)
+                              .values(state=state, posted=posted, resolved_at=now))
+        return result.rowcount == 1
+
+    def _release_hold_lots(self, conn: Connection, hold: dict, posted: int, transfer_id: int,
+                           actor: str) -> None:
+        """Unreserve a resolved hold's lots, taking ``posted`` from them soonest-expiring first.
+
+        A partial post voids the unposted remainder in the same breath (one
+        resolution); the caller locks the account and updates its totals.
+        """
+        rows = conn.execute(
+            select(hold_lots.c.lot_id, hold_lots.c.amount)
+            .join(lots, lots.c.id == hold_lots.c.lot_id)
+            .where(hold_lots.c.hold_id == hold["id"])
+            .order_by(*_expiry_order(), lots.c.id)
+        ).all()
+        left = posted
+        for lot_id, reserved in rows:
+            take = min(left, reserved)
+            left -= take
+            conn.execute(update(lots).where(lots.c.id == lot_id).values(
+                remaining=lots.c.remaining - take, reserved=lots.c.reserved - reserved))
+            if take:
+                conn.execute(insert(lot_movements).values(
+                    lot_id=lot_id, transfer_id=transfer_id, amount=take))
+        if 0 < posted < hold["amount"]:
+            self._insert_transfer(conn, None, None, kind="void", debit=hold["debit"],
+                                  credit=hold["credit"], amount=hold["amount"] - posted,
+                                  actor=actor, reason="remainder of partial post",
+                                  metadata=None, pending_id=hold["id"])
+
     def _void_hold(self, conn: Connection, hold: dict, key: str, digest: str, actor: str,
-                   reason: str, metadata: dict | None) -> int:
+                   reason: str, metadata: dict | None,
+                   timed_out_by: datetime | None = None) -> int:
         transfer_id = self._claim(conn, key, digest, kind="void", debit=hold["debit"],
                                   credit=hold["credit"], amount=hold["amount"], actor=actor,
                                   reason=reason, metadata=metadata, pending_id=hold["id"])
-        self._resolve_hold(conn, hold, "voided", 0, self.clock())
+        self._resolve_hold(conn, hold, "voided", 0, self.clock(), timed_out_by)
         self._lock_account(conn, hold["debit"])
         rows = conn.execute(select(hold_lots.c.lot_id, hold_lots.c.amount)
                             .where(hold_lots.c.hold_id == hold["id"])

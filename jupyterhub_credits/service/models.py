@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from ..catalog import Catalog, Quotas
 from ..ledger import Balance, format_amount
+from ..ledger.core import user_account
 from ..ledger.records import iso
 from ..sessions.store import Session
 
@@ -50,7 +51,7 @@ def session_to_dict(session: Session, now: datetime, *, notice: str | None = Non
         "state": session.state,
         "auto_extend": session.auto_extend,
         # Warning thresholds (seconds before paid_until) already given, largest first.
-        "warnings": sorted(session.warnings or [], reverse=True),
+        "warnings": sorted(session.warned_thresholds or [], reverse=True),
     }
     if notice:
         record["notice"] = notice
@@ -59,11 +60,11 @@ def session_to_dict(session: Session, now: datetime, *, notice: str | None = Non
 
 def account_to_dict(user: str, balance: Balance | None, sessions: Iterable[Session],
                     now: datetime, notices: Mapping[str, str] | None = None) -> dict:
-    """``/api/me`` and ``/api/users/{user}``: a user's balance and open sessions."""
+    """``/api/me`` and ``/api/users/{user}``: a hub user's balance and open sessions."""
     notices = notices or {}
     return {
         "user": user,
-        "account": f"user:{user}",
+        "account": user_account(user),
         "available": format_amount(balance.available if balance else 0),
         "reserved": format_amount(balance.reserved if balance else 0),
         "total": format_amount(balance.total if balance else 0),
@@ -78,6 +79,7 @@ def quotas_to_dict(quotas: Quotas) -> dict:
         "max_hours_per_session": format(quotas.max_hours_per_session.normalize(), "f"),
         "max_concurrent_gpu_sessions": quotas.max_concurrent_gpu_sessions,
         "min_prepaid_minutes": format(Decimal(quotas.min_prepaid_minutes).normalize(), "f"),
+        "min_extension_minutes": format(Decimal(quotas.min_extension_minutes).normalize(), "f"),
     }
 
 

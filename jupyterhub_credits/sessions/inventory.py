@@ -91,7 +91,7 @@ def local_inventory(catalog, declared: str | None = None) -> list[LocalGpu]:
     if env is not None:
         return parse_declared(env, catalog.gpu_types)
     if declared:
-        return parse_declared(declared, catalog.gpu_types, source="CreditsLocalProcessSpawner.gpus")
+        return parse_declared(declared, catalog.gpu_types, source="CreditsLocalProcessSpawner.local_gpus")
     matches = {gpu_id: (gpu.local.match if gpu.local else "")
                for gpu_id, gpu in catalog.gpu_types.items()}
     return discover_nvml(matches)

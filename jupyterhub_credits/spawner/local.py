@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
-from traitlets import Unicode
+from traitlets import Unicode, observe
 
 from ..sessions.allocator import CapacityError, LocalGpuAllocator
 from ..sessions.inventory import ENV_VAR, gpu_environment, local_inventory
@@ -19,22 +19,35 @@ _lock = threading.Lock()
 class LocalGpuMixin(CreditsSpawner):
     """GPU placement through the persisted local allocator and CUDA_VISIBLE_DEVICES."""
 
-    gpus = Unicode(
+    local_gpus = Unicode(
         "",
         config=True,
         help=f"""This machine's GPUs as TYPE:INDEX pairs ("a100:0,a100:1"), types being
         catalog GPU type ids. ${ENV_VAR} overrides it; when both are empty the GPUs are
-        discovered through NVML and typed by each catalog GPU type's local.match.""",
+        discovered through NVML and typed by each catalog GPU type's local.match.
+        The same setting as the credits service's ``CreditsService.local_gpus``.""",
     )
+
+    gpus = Unicode(
+        "",
+        config=True,
+        help="""The first name of ``local_gpus``, kept because configurations use it.
+        Setting it sets ``local_gpus``.""",
+    )
+
+    @observe("gpus")
+    def _gpus_is_local_gpus(self, change):
+        # "gpus" is also the count of GPUs a session asks for; the inventory is local_gpus.
+        self.local_gpus = change["new"]
 
     @property
     def allocator(self) -> LocalGpuAllocator:
-        key = (self.credits_db_url, self.gpus)
+        key = (self.credits_db_url, self.local_gpus)
         with _lock:
             allocator = _allocators.get(key)
             if allocator is None:
                 context = self.credits
-                inventory = local_inventory(context.catalog, self.gpus)
+                inventory = local_inventory(context.catalog, self.local_gpus)
                 allocator = LocalGpuAllocator(context.ledger.engine, inventory,
                                               clock=context.ledger.clock)
                 self.log.info("credits: local GPUs: %s",

@@ -23,7 +23,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..catalog import (
     CPU_ONLY,
-    InvalidRequest,
+    InvalidUserOptions,
     admit,
     effective_quotas,
     hold_amount,
@@ -31,7 +31,8 @@ from ..catalog import (
     validate_request,
 )
 from ..ledger import LedgerError
-from ..sessions.store import SessionConflict
+from ..ledger.core import user_account
+from ..sessions.store import ConcurrentSessionLimit, SessionConflict
 from .context import CreditsContext, shared_context
 from .form import render_options_form, user_options_from_form
 
@@ -161,10 +162,11 @@ class CreditsSpawner(LoggingConfigurable):
         """(account, available units): a group pool that covers the hold pays first."""
         ledger = self.credits.ledger
         for group in pool_groups(self.credits.catalog, self._group_names()):
-            available = _available(ledger, f"group:{group}")
+            available = ledger.available(f"group:{group}")
             if available >= hold_units:
                 return f"group:{group}", available
-        return f"user:{self.user.name}", _available(ledger, f"user:{self.user.name}")
+        own = user_account(self.user.name)
+        return own, ledger.available(own)
 
     # --- start -------------------------------------------------------------------------
 
@@ -172,20 +174,23 @@ class CreditsSpawner(LoggingConfigurable):
         context = self.credits
         try:
             request = validate_request(context.catalog, self.user_options)
-        except InvalidRequest as error:
+        except InvalidUserOptions as error:
             raise refuse(str(error), "invalid") from None
-        store = context.sessions
+        sessions = context.sessions
 
         # A session left open by a start the hub never finished (a crash) ends first.
-        stale = await asyncio.to_thread(store.open_session, self.user.name, self.name)
+        stale = await asyncio.to_thread(sessions.open_session, self.user.name, self.name)
         if stale is not None:
             await self._settle(stale.key, "replaced", ended_now=False)
 
         quotas = effective_quotas(context.catalog, self._group_names())
         free = await self.free_gpus() if request.uses_gpus else None
-        wanted = hold_amount(request.rate_per_hour_units, request.hours)
-        account, available = await asyncio.to_thread(self.paying_account, wanted)
-        running = await asyncio.to_thread(store.running_gpu_sessions, self.user.name)
+        wanted = hold_amount(request.rate_per_hour, request.hours)
+        try:
+            account, available = await asyncio.to_thread(self.paying_account, wanted)
+        except LedgerError as error:  # a hub name that cannot have an account
+            raise refuse(str(error), "invalid") from None
+        running = await asyncio.to_thread(sessions.running_gpu_sessions, self.user.name)
         decision = admit(request, quotas=quotas, running_gpu_sessions=running,
                          free_gpus=free, available_units=available)
         if not decision.ok:
@@ -195,10 +200,15 @@ class CreditsSpawner(LoggingConfigurable):
 
         try:
             session = await asyncio.to_thread(
-                store.start, user=self.user.name, server_name=self.name, account=account,
+                sessions.start, user=self.user.name, server_name=self.name, account=account,
                 image=request.image, gpu_type=request.gpu_type, gpus=request.gpus,
-                rate_per_hour=request.rate_per_hour_units, hold_units=decision.hold_units,
-                actor=f"user:{self.user.name}")
+                rate_per_hour=request.rate_per_hour, hold_units=decision.hold_units,
+                # Counted again with the insert, under a lock: the count admission read
+                # does not see a concurrent start of another of the user's servers.
+                max_concurrent_gpu_sessions=quotas.max_concurrent_gpu_sessions,
+                actor=user_account(self.user.name))
+        except ConcurrentSessionLimit as error:
+            raise refuse(str(error), "quota") from None
         except SessionConflict as error:
             raise refuse(str(error), "invalid") from None
         except LedgerError as error:  # e.g. the balance changed since admission
@@ -212,7 +222,7 @@ class CreditsSpawner(LoggingConfigurable):
             url = _as_url(started)
             if self.credits_ready_check:
                 await self._wait_until_answering(url)
-            await asyncio.to_thread(store.mark_ready, session.key)
+            await asyncio.to_thread(sessions.mark_ready, session.key)
             return started
         except BaseException:
             # A failed or cancelled start costs nothing: void the hold, free the GPUs.
@@ -265,13 +275,13 @@ class CreditsSpawner(LoggingConfigurable):
 
     async def _settle(self, key: str, reason: str, *, ended_now: bool) -> None:
         """Settle the session; ``ended_now`` False means it ended at its last billed tick."""
-        store = self.credits.sessions
-        session = await asyncio.to_thread(store.get, key)
+        sessions = self.credits.sessions
+        session = await asyncio.to_thread(sessions.get, key)
         if session is None:
             return
         end = None if ended_now or session.billed_until is None else session.billed_until
         try:
-            settled = await asyncio.to_thread(store.settle, key, reason=reason, end=end,
+            settled = await asyncio.to_thread(sessions.settle, key, reason=reason, end=end,
                                               actor="system:spawner")
         except Exception:  # noqa: BLE001 - never let settlement break the hub's stop
             self.log.exception("credits: settling %s failed; the meter will retry", key)
@@ -284,15 +294,8 @@ class CreditsSpawner(LoggingConfigurable):
 def _check_user_options(spawner, user_options) -> None:
     try:
         validate_request(spawner.credits.catalog, user_options)
-    except InvalidRequest as error:
+    except InvalidUserOptions as error:
         raise refuse(str(error), "invalid") from None
-
-
-def _available(ledger, account: str) -> int:
-    try:
-        return ledger.balance(account).available
-    except LedgerError:
-        return 0
 
 
 def _as_url(started) -> str:

@@ -26,7 +26,7 @@ from jupyterhub_credits.sessions.store import SessionStore
 from jupyterhub_credits.spawner.context import CreditsContext, reset_contexts
 from tests.hub import CATALOG
 from tests.realhub import log_in
-from tests.spawners import CreditsInstantSpawner
+from tests.spawners import credits_spawner
 
 # The hub this module's last test runs against (tests/realhub.py): logins earn, as on the demo.
 pytestmark = pytest.mark.hub(logins_earn=True)
@@ -193,15 +193,7 @@ def test_the_services_account_view_uses_the_hub_name_verbatim(ledger, clock):
 
 
 def spawner_for(db_url, user):
-    spawner = CreditsInstantSpawner(
-        user=SimpleNamespace(name=user, groups=[], url="/user/x/"), hub=None, db=None,
-        orm_spawner=SimpleNamespace(name="", display_name="", user_options={}, state=None,
-                                    server=None))
-    spawner.credits_db_url = db_url
-    spawner.catalog_path = str(CATALOG)
-    spawner.credits_ready_check = False
-    spawner.local_gpus = "a100:0"
-    return spawner
+    return credits_spawner(db_url, CATALOG, user, local_gpus="a100:0")
 
 
 @pytest.fixture

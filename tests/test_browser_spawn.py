@@ -125,6 +125,11 @@ def test_more_hours_than_the_balance_buys_are_refused_in_words_and_start_nothing
     assert "720.00 credits" in text and "your balance is 76.00 credits" in text, text
     assert "Choose at most 2.53 hours" in text, text
     screenshot("refused")
+    if page.locator("#credits-hours").count():
+        # Back on the form: what the person chose is still chosen, to be corrected.
+        expect(page.locator("#credits-hours")).to_have_value("24")
+        expect(page.locator("#credits-gpu-type")).to_have_value("a100")
+        expect(page.locator("#credits-gpus")).to_have_value("2")
 
     assert hub.server(person) is None
     assert hub.sessions.open_session(person) is None

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from jupyterhub.objects import Hub
 
 from jupyterhub_credits.catalog import (
     CatalogError,
@@ -20,7 +18,7 @@ from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.sessions.store import SessionStore
 from jupyterhub_credits.spawner.context import reset_contexts
 from tests.hub import CATALOG
-from tests.spawners import CreditsInstantSpawner
+from tests.spawners import credits_spawner
 from tests.test_catalog import valid_mapping
 
 SHIPPED = load_catalog(CATALOG)
@@ -91,15 +89,9 @@ def ledger(db_url):
 @pytest.mark.asyncio
 async def test_the_stored_session_keeps_the_canonical_ids(ledger, db_url):
     ledger.grant("ada", 100_000, key="grant:ada", reason="test", actor="test")
-    spawner = CreditsInstantSpawner(
-        user=SimpleNamespace(name="ada", groups=[], url="/user/ada/"), hub=Hub(), db=None,
-        orm_spawner=SimpleNamespace(name="", display_name="", user_options={}, state=None,
-                                    server=None))
-    spawner.credits_db_url = db_url
-    spawner.catalog_path = str(CATALOG)
-    spawner.credits_ready_check = False
-    spawner.local_gpus = "a100:0,a100:1"
-    spawner.user_options = {"image": "TF-2.21", "gpu_type": "A100", "gpus": "2", "hours": "1"}
+    spawner = credits_spawner(
+        db_url, CATALOG, "ada", local_gpus="a100:0,a100:1",
+        user_options={"image": "TF-2.21", "gpu_type": "A100", "gpus": "2", "hours": "1"})
     await spawner.start()
     session = SessionStore(ledger).open_session("ada")
     assert (session.image, session.gpu_type, session.gpus) == ("tf-2.21", "a100", 2)

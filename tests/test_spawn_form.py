@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from types import SimpleNamespace
 
 import pytest
 import yaml
-from jupyterhub.objects import Hub
 
 from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.spawner.context import reset_contexts
 from jupyterhub_credits.spawner.form import html_number, render_options_form, slider_minimum
 from tests.hub import CATALOG
-from tests.spawners import CreditsInstantSpawner
+from tests.spawners import credits_spawner
 
 
 @pytest.mark.parametrize("value, text", [
@@ -55,16 +53,9 @@ def form_for(tmp_path, catalog_path):
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     Ledger.open(url).close()  # creates the schema
 
-    async def render(*groups: str) -> str:
-        spawner = CreditsInstantSpawner(
-            user=SimpleNamespace(name="ada", groups=[SimpleNamespace(name=g) for g in groups],
-                                 url="/user/ada/"),
-            hub=Hub(), db=None,
-            orm_spawner=SimpleNamespace(name="", display_name="", user_options={}, state=None,
-                                        server=None))
-        spawner.credits_db_url = url
-        spawner.catalog_path = str(catalog_path)
-        spawner.local_gpus = "a100:0"
+    async def render(*groups: str, user_options: dict | None = None) -> str:
+        spawner = credits_spawner(url, catalog_path, "ada", groups=groups, local_gpus="a100:0",
+                                  user_options=user_options)
         return await render_options_form(spawner)
 
     yield render
@@ -94,3 +85,22 @@ async def test_the_hours_box_takes_any_value_between_the_quotas(form_for, groups
     hours_range = attributes(html, "credits-hours-range")
     assert {key: hours_range[key] for key in slider} == slider
     assert (hours_range["max"], hours_range["value"]) == (hours["max"], hours["value"])
+
+
+@pytest.mark.asyncio
+async def test_the_form_keeps_the_last_choice_and_falls_back_to_defaults(form_for):
+    kept = await form_for(user_options={"image": "TF-2.19", "gpu_type": "a100", "gpus": "1",
+                                        "hours": "2.25"})
+    assert re.search(r'<option value="tf-2.19"[^>]*selected', kept)
+    assert re.search(r'<option value="a100"[^>]*selected', kept)
+    assert attributes(kept, "credits-gpus")["value"] == "1"
+    assert attributes(kept, "credits-hours")["value"] == "2.25"
+
+    fresh = await form_for()
+    assert not re.search(r'<option value="a100"[^>]*selected', fresh)
+    assert attributes(fresh, "credits-gpus")["value"] == "0"
+    assert attributes(fresh, "credits-hours")["value"] == "1"
+
+    nonsense = await form_for(user_options={"image": "no-such-image", "hours": "x"})
+    assert attributes(nonsense, "credits-hours")["value"] == "1"
+    assert re.search(r'<option value="tf-2.21"[^>]*selected', nonsense)

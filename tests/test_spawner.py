@@ -8,11 +8,9 @@ exercise the credits logic against a real ledger without starting processes
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import pytest
 import yaml
-from jupyterhub.objects import Hub
 from jupyterhub.spawner import SpawnException
 
 from jupyterhub_credits.ledger import Ledger
@@ -21,7 +19,7 @@ from jupyterhub_credits.sessions.inventory import LocalGpu
 from jupyterhub_credits.sessions.store import SessionStore
 from jupyterhub_credits.spawner.context import reset_contexts
 from tests.hub import CATALOG
-from tests.spawners import CreditsInstantSpawner
+from tests.spawners import credits_spawner
 
 A100_HOUR = 15_000
 
@@ -47,17 +45,8 @@ def ledger(db_url):
 
 
 def spawner_for(db_url, catalog_path, user, groups=(), server="", gpus="a100:0,a100:1,a100:2,a100:3"):
-    spawner = CreditsInstantSpawner(
-        user=SimpleNamespace(name=user, groups=[SimpleNamespace(name=g) for g in groups],
-                             url=f"/user/{user}/"),
-        hub=Hub(), db=None,
-        orm_spawner=SimpleNamespace(name=server, display_name=server, user_options={}, state=None,
-                                    server=None))
-    spawner.credits_db_url = db_url
-    spawner.catalog_path = str(catalog_path)
-    spawner.credits_ready_check = False
-    spawner.local_gpus = gpus
-    return spawner
+    return credits_spawner(db_url, catalog_path, user, groups=groups, server=server,
+                           local_gpus=gpus)
 
 
 async def start(spawner, **options):

@@ -562,12 +562,7 @@ class Ledger:
                             .where(lots.c.id == lot_id)).scalar_one()
         if free != amount:
             raise _Raced()  # spent, reserved or released since it was read: read it again
-        conn.execute(update(lots).where(lots.c.id == lot_id)
-                     .values(remaining=lots.c.remaining - amount))
-        conn.execute(insert(lot_movements).values(lot_id=lot_id, transfer_id=transfer_id,
-                                                  amount=amount))
-        conn.execute(update(accounts).where(accounts.c.id == account_id)
-                     .values(balance=accounts.c.balance - amount))
+        self._take_from_lots(conn, account_id, transfer_id, [(lot_id, amount)])
 
     def _nothing_left(self, conn: Connection, original: Transfer, lot_id: int) -> str:
         """Why a grant's lot has nothing to take back: how much expired, was spent, is held."""
@@ -838,14 +833,19 @@ class Ledger:
         self._lock_account(conn, account_id)
         spendable = self._spendable_lots(conn, account_id, self.clock(), prefer_lot)
         _require_funds(name, spendable, amount, "debit")
-        movements = []
-        for lot_id, take in _draw(spendable, amount):
+        self._take_from_lots(conn, account_id, transfer_id, list(_draw(spendable, amount)))
+
+    def _take_from_lots(self, conn: Connection, account_id: int, transfer_id: int,
+                        draws: list[tuple[int, int]]) -> None:
+        """Take ``(lot id, units)`` out of an owner's lots, one movement each, and its balance."""
+        for lot_id, take in draws:
             conn.execute(update(lots).where(lots.c.id == lot_id)
                          .values(remaining=lots.c.remaining - take))
-            movements.append({"lot_id": lot_id, "transfer_id": transfer_id, "amount": take})
-        conn.execute(insert(lot_movements), movements)
+        conn.execute(insert(lot_movements), [
+            {"lot_id": lot_id, "transfer_id": transfer_id, "amount": take}
+            for lot_id, take in draws])
         conn.execute(update(accounts).where(accounts.c.id == account_id)
-                     .values(balance=accounts.c.balance - amount))
+                     .values(balance=accounts.c.balance - sum(take for _, take in draws)))
 
     def _find_transfer(self, conn: Connection, ref: int | str) -> Transfer:
         if isinstance(ref, bool):
@@ -961,12 +961,7 @@ class Ledger:
             actor=actor, reason="credits expired", metadata={"lot": lot_id})
         if transfer_id is None:
             return 0
-        conn.execute(update(lots).where(lots.c.id == lot_id)
-                     .values(remaining=lots.c.remaining - amount))
-        conn.execute(insert(lot_movements).values(lot_id=lot_id, transfer_id=transfer_id,
-                                                  amount=amount))
-        conn.execute(update(accounts).where(accounts.c.id == account_id)
-                     .values(balance=accounts.c.balance - amount))
+        self._take_from_lots(conn, account_id, transfer_id, [(lot_id, amount)])
         return amount
 
 

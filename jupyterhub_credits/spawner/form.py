@@ -9,7 +9,14 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ..catalog import DEFAULT_HOURS, effective_quotas, minimum_hours
+from ..catalog import (
+    CPU_ONLY,
+    DEFAULT_HOURS,
+    InvalidUserOptions,
+    effective_quotas,
+    minimum_hours,
+    validate_request,
+)
 from ..ledger import format_amount
 from ..ledger.core import user_account
 
@@ -76,8 +83,28 @@ async def render_options_form(spawner) -> str:
         min_hours=html_number(min_hours),
         slider_min_hours=html_number(slider_minimum(min_hours, quotas.max_hours_per_session)),
         slider_step_hours=html_number(SLIDER_STEP_HOURS),
-        default_hours=html_number(min(max(DEFAULT_HOURS, min_hours), quotas.max_hours_per_session)),
+        chosen=chosen_options(
+            spawner, catalog, min(max(DEFAULT_HOURS, min_hours), quotas.max_hours_per_session)),
     )
+
+
+def chosen_options(spawner, catalog, default_hours: Decimal) -> dict:
+    """What the form shows as chosen: the person's last choice when it still names the catalog.
+
+    The hub renders the form again after a refused start (and on the next visit), with
+    ``user_options`` still holding what was submitted: keeping it spares the person
+    choosing image, GPUs and hours again. Otherwise the catalog's default image, CPU only.
+    """
+    fallback = {"image": next((i for i, image in catalog.images.items() if image.default), None),
+                "gpu_type": CPU_ONLY, "gpus": 0, "hours": html_number(default_hours)}
+    if not spawner.user_options:
+        return fallback
+    try:
+        request = validate_request(catalog, spawner.user_options)
+    except InvalidUserOptions:
+        return fallback
+    return {"image": request.image, "gpu_type": request.gpu_type, "gpus": request.gpus,
+            "hours": html_number(request.hours)}
 
 
 def user_options_from_form(formdata: dict) -> dict:

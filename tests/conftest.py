@@ -96,14 +96,6 @@ def module_postgres_url(request):
         yield url
 
 
-@pytest.fixture(scope="module")
-def module_ledger(module_postgres_url):
-    """A Ledger on ``module_postgres_url``, for tests to grant and inspect."""
-    ledger = Ledger.open(module_postgres_url)
-    yield ledger
-    ledger.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A ledger database URL, empty and at the schema's head, on each backend."""

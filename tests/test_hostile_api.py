@@ -257,8 +257,9 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(service):
 
 def test_a_body_just_over_a_configured_limit_is_refused(tmp_path):
     with RunningService(tmp_path, max_body_size=1000) as small:
-        refused = small.call("POST", "/api/events", data=b"[" + b" " * 999 + b"]")
-        assert refused.status_code == 400
+        # Announced, not sent: the server answers and closes at once, so a client still
+        # sending the body could see its connection reset instead of the answer.
+        assert raw_post(small, "api/events", 1001).startswith(b"HTTP/1.1 400")
         assert small.call("POST", "/api/events", data=b"[" + b" " * 998 + b"]").json() == []
 
 

@@ -17,7 +17,6 @@ from jupyterhub_credits.catalog import Quotas
 from jupyterhub_credits.service.auth import has_scope
 from jupyterhub_credits.service.extension import decide_extension
 from jupyterhub_credits.sessions.store import SessionStore
-from tests.hub import HubProcess
 
 # --- scopes (no hub) ---------------------------------------------------------------------------
 
@@ -77,25 +76,13 @@ def test_extension_quota_comes_before_balance_and_says_what_fits():
 
 # --- against a real hub --------------------------------------------------------------------
 
-# What hubconfig.configure_credits should also do (see the service's report): let the
-# service see this machine's GPUs, and let browser (OAuth) tokens carry the credits scopes.
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, module_postgres_url):
-    hub = HubProcess(tmp_path_factory.mktemp("hub"), db_url=module_postgres_url, meter_interval=0.5)
-    hub.start()
-    yield hub
-    hub.stop()
+# The module's hub and hub_ledger come from tests/realhub.py.
 
 
 @pytest.fixture(scope="module")
-def ledger(module_ledger):
-    return module_ledger
-
-
-@pytest.fixture(scope="module")
-def alice(hub, ledger):
+def alice(hub, hub_ledger):
     """alice (100 credits) running one A100 for an hour; her token."""
-    ledger.grant("alice", 100_000, key="grant:alice", reason="test", actor="test")
+    hub_ledger.grant("alice", 100_000, key="grant:alice", reason="test", actor="test")
     token = hub.user_token("alice")
     response = hub.api("POST", "/users/alice/server", json={"user_options": {
         "image": "tf-2.21", "gpu_type": "a100", "gpus": 1, "hours": "1"}})
@@ -187,7 +174,7 @@ def test_a_browser_logged_in_at_the_hub_reads_its_own_credits(hub, alice):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_extend_holds_more_and_moves_paid_until(hub, alice, ledger):
+def test_extend_holds_more_and_moves_paid_until(hub, alice, hub_ledger):
     before = hub.credits_api("GET", "/me", token=alice).json()["sessions"][0]
     response = hub.credits_api("POST", "/sessions/default/extend", token=alice,
                                json={"hours": "0.5"})
@@ -196,7 +183,7 @@ def test_extend_holds_more_and_moves_paid_until(hub, alice, ledger):
     assert parse_time(after["paid_until"]) - parse_time(before["paid_until"]) == \
         timedelta(minutes=30)
     assert after["held"] == "22.50" and "7.50 credits" in response.json()["message"]
-    assert ledger.balance("alice").reserved == 22_500
+    assert hub_ledger.balance("alice").reserved == 22_500
     # A JSON number is read exactly; auto-extend goes on and off on the same endpoint.
     response = hub.credits_api("POST", "/sessions/default/extend", token=alice,
                                json={"hours": 0.25, "auto_extend": True})
@@ -205,7 +192,7 @@ def test_extend_holds_more_and_moves_paid_until(hub, alice, ledger):
     off = hub.credits_api("POST", "/sessions/default/extend", token=alice,
                           json={"auto_extend": False})
     assert off.status_code == 200 and off.json()["session"]["auto_extend"] is False
-    session = SessionStore(ledger).open_session("alice")
+    session = SessionStore(hub_ledger).open_session("alice")
     assert session.held == 26_250 and not session.auto_extend
 
 
@@ -222,12 +209,12 @@ def test_extend_holds_more_and_moves_paid_until(hub, alice, ledger):
     ({"auto_extend": "yes"}, 400, "true or false"),
     ({}, 400, "give \"hours\""),
 ])
-def test_extend_refusals_are_clear(hub, alice, ledger, body, status, words):
-    held = SessionStore(ledger).open_session("alice").held
+def test_extend_refusals_are_clear(hub, alice, hub_ledger, body, status, words):
+    held = SessionStore(hub_ledger).open_session("alice").held
     response = hub.credits_api("POST", "/sessions/default/extend", token=alice, json=body)
     assert response.status_code == status, response.text
     assert response.json()["status"] == status and words in response.json()["message"]
-    assert SessionStore(ledger).open_session("alice").held == held  # nothing held
+    assert SessionStore(hub_ledger).open_session("alice").held == held  # nothing held
 
 
 @pytest.mark.postgres

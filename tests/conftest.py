@@ -122,3 +122,24 @@ def ledger(db_url, clock):
     ledger = Ledger.open(db_url, clock=clock)
     yield ledger
     ledger.close()
+
+
+@pytest.fixture
+def ledger_verifies_after(ledger):
+    """Whatever a test did, the ledger must still verify afterwards (use with usefixtures)."""
+    from jupyterhub_credits.ledger.verify import verify
+
+    yield
+    report = verify(ledger.engine)
+    assert report.ok, report.to_dict()
+
+
+@pytest.fixture
+def spawner_ledger(db_url):
+    """A Ledger on the real clock for spawner tests; the spawners' shared contexts are reset."""
+    from jupyterhub_credits.spawner.context import reset_contexts
+
+    ledger = Ledger.open(db_url)
+    yield ledger
+    ledger.close()
+    reset_contexts()

@@ -17,13 +17,13 @@ import pytest
 from jupyterhub_credits.catalog import load_catalog
 from jupyterhub_credits.earning import EarningService, ledger_key, parse_earning
 from jupyterhub_credits.hubconfig import record_login
-from jupyterhub_credits.ledger import UNITS_PER_CREDIT, Ledger, account_name
+from jupyterhub_credits.ledger import UNITS_PER_CREDIT, account_name
 from jupyterhub_credits.ledger.core import user_account
 from jupyterhub_credits.ledger.errors import InvalidRequest
 from jupyterhub_credits.service.api.earnings import earnings_snapshot
 from jupyterhub_credits.service.api.me import account_snapshot
 from jupyterhub_credits.sessions.store import SessionStore
-from jupyterhub_credits.spawner.context import CreditsContext, reset_contexts
+from jupyterhub_credits.spawner.context import CreditsContext
 from tests.hub import CATALOG
 from tests.realhub import log_in
 from tests.spawners import credits_spawner
@@ -196,29 +196,21 @@ def spawner_for(db_url, user):
     return credits_spawner(db_url, CATALOG, user, local_gpus="a100:0")
 
 
-@pytest.fixture
-def spawn_ledger(db_url):
-    ledger = Ledger.open(db_url)
-    yield ledger
-    ledger.close()
-    reset_contexts()
-
-
 @pytest.mark.asyncio
-async def test_the_spawner_holds_on_the_hub_names_own_account(spawn_ledger, db_url):
-    spawn_ledger.grant("bob", 20 * CREDIT, key="grant:bob", reason="test", actor="test")
-    spawn_ledger.grant("user:user:bob", 20 * CREDIT, key="grant:user:bob", reason="test",
+async def test_the_spawner_holds_on_the_hub_names_own_account(spawner_ledger, db_url):
+    spawner_ledger.grant("bob", 20 * CREDIT, key="grant:bob", reason="test", actor="test")
+    spawner_ledger.grant("user:user:bob", 20 * CREDIT, key="grant:user:bob", reason="test",
                        actor="test")
     spawner = spawner_for(db_url, "user:bob")
     assert spawner.paying_account(0) == ("user:user:bob", 20 * CREDIT)
     spawner.user_options = {"image": "tf-2.21-cpu", "gpu_type": "none", "gpus": 0, "hours": "1"}
     await spawner.start()
-    session = SessionStore(spawn_ledger).open_session("user:bob", "")
+    session = SessionStore(spawner_ledger).open_session("user:bob", "")
     assert session.account == "user:user:bob"
-    hold = spawn_ledger.get_transfer(f"{session.key}:hold:0")
+    hold = spawner_ledger.get_transfer(f"{session.key}:hold:0")
     assert (hold.debit_account, hold.actor) == ("user:user:bob", "user:user:bob")
-    assert spawn_ledger.balance("bob").reserved == 0
-    assert spawn_ledger.balance("user:user:bob").reserved > 0
+    assert spawner_ledger.balance("bob").reserved == 0
+    assert spawner_ledger.balance("user:user:bob").reserved > 0
     await spawner.stop()
     await spawner.run_post_stop_hook()
     assert spawner_for(db_url, "bob smith").paying_account(0) == ("user:bob smith", 0)

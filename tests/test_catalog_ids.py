@@ -14,9 +14,7 @@ from jupyterhub_credits.catalog import (
     parse_catalog,
     validate_request,
 )
-from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.sessions.store import SessionStore
-from jupyterhub_credits.spawner.context import reset_contexts
 from tests.hub import CATALOG
 from tests.spawners import credits_spawner
 from tests.test_catalog import valid_mapping
@@ -79,11 +77,8 @@ def test_a_refused_id_is_quoted_only_in_part(key):
 
 
 @pytest.fixture
-def ledger(db_url):
-    ledger = Ledger.open(db_url)
-    yield ledger
-    ledger.close()
-    reset_contexts()
+def ledger(spawner_ledger):
+    return spawner_ledger
 
 
 @pytest.mark.asyncio

@@ -1,6 +1,7 @@
 """Focused ledger tests, each run on SQLite and PostgreSQL through the ``ledger`` fixture.
 
-Every test ends with ``verify()`` reporting a consistent ledger (see ``_verified``).
+Every test ends with ``verify()`` reporting a consistent ledger
+(the ``ledger_verifies_after`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -27,17 +28,11 @@ from jupyterhub_credits.ledger import (
     account_name,
 )
 from jupyterhub_credits.ledger.schema import holds, lots
-from jupyterhub_credits.ledger.verify import verify
 
 C = 1000  # units per credit
 
 
-@pytest.fixture(autouse=True)
-def _verified(ledger):
-    """Whatever a test did, the ledger must still verify afterwards."""
-    yield
-    report = verify(ledger.engine)
-    assert report.ok, report.to_dict()
+pytestmark = pytest.mark.usefixtures("ledger_verifies_after")
 
 
 def grant(ledger, account, amount, key, **kw):

@@ -13,16 +13,11 @@ from datetime import timedelta
 import pytest
 
 from jupyterhub_credits.ledger import EXPIRED, ISSUANCE, NotReversible
-from jupyterhub_credits.ledger.verify import verify
 
 C = 1000  # units per credit
 
 
-@pytest.fixture(autouse=True)
-def _verified(ledger):
-    yield
-    report = verify(ledger.engine)
-    assert report.ok, report.to_dict()
+pytestmark = pytest.mark.usefixtures("ledger_verifies_after")
 
 
 def grant(ledger, amount, key, **kw):

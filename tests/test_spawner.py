@@ -13,11 +13,9 @@ import pytest
 import yaml
 from jupyterhub.spawner import SpawnException
 
-from jupyterhub_credits.ledger import Ledger
 from jupyterhub_credits.sessions.allocator import CapacityError, LocalGpuAllocator
 from jupyterhub_credits.sessions.inventory import LocalGpu
 from jupyterhub_credits.sessions.store import SessionStore
-from jupyterhub_credits.spawner.context import reset_contexts
 from tests.hub import CATALOG
 from tests.spawners import credits_spawner
 
@@ -37,11 +35,8 @@ def catalog_path(tmp_path):
 
 
 @pytest.fixture
-def ledger(db_url):
-    ledger = Ledger.open(db_url)
-    yield ledger
-    ledger.close()
-    reset_contexts()
+def ledger(spawner_ledger):
+    return spawner_ledger
 
 
 def spawner_for(db_url, catalog_path, user, groups=(), server="", gpus="a100:0,a100:1,a100:2,a100:3"):

@@ -200,3 +200,17 @@ def test_the_browser_accepts_every_hours_value_the_server_does(hub, person, logg
     refusal = page.locator(".spawn-error-msg")
     expect(refusal).to_contain_text("at most 4 decimal places")
     assert hub.server(person) is None and hub.user_sessions(person) == []
+
+
+def test_a_name_that_cannot_hold_credits_is_told_so_and_starts_nothing(
+        hub, logged_in, screenshot):
+    name = "n" * 201  # the hub takes it; an account name holds at most 200 characters
+    page = logged_in(hub, name)
+    expect(page.locator(".credits-balance")).to_contain_text("This user name cannot hold credits")
+    screenshot("form")
+    start_button(page).click()
+    refusal = page.locator(".spawn-error-msg, #progress-message").filter(has_text="200")
+    expect(refusal).to_be_visible()
+    screenshot("refused")
+    assert hub.server(name) is None
+    assert hub.user_sessions(name) == []

@@ -53,8 +53,8 @@ def form_for(tmp_path, catalog_path):
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     Ledger.open(url).close()  # creates the schema
 
-    async def render(*groups: str, user_options: dict | None = None) -> str:
-        spawner = credits_spawner(url, catalog_path, "ada", groups=groups, local_gpus="a100:0",
+    async def render(*groups: str, user_options: dict | None = None, user: str = "ada") -> str:
+        spawner = credits_spawner(url, catalog_path, user, groups=groups, local_gpus="a100:0",
                                   user_options=user_options)
         return await render_options_form(spawner)
 
@@ -104,3 +104,11 @@ async def test_the_form_keeps_the_last_choice_and_falls_back_to_defaults(form_fo
     nonsense = await form_for(user_options={"image": "no-such-image", "hours": "x"})
     assert attributes(nonsense, "credits-hours")["value"] == "1"
     assert re.search(r'<option value="tf-2.21"[^>]*selected', nonsense)
+
+
+@pytest.mark.asyncio
+async def test_a_name_that_cannot_hold_credits_gets_a_form_that_says_so(form_for):
+    html = await form_for(user="x" * 201)  # a hub name longer than an account name may be
+    assert "This user name cannot hold credits" in html
+    assert "x" * 60 not in html  # the message quotes the name briefly, not whole
+    assert "credits available" not in html

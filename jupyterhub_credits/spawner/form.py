@@ -17,7 +17,7 @@ from ..catalog import (
     minimum_hours,
     validate_request,
 )
-from ..ledger import format_amount
+from ..ledger import LedgerError, format_amount
 from ..ledger.core import user_account
 
 _templates = Environment(
@@ -48,7 +48,11 @@ async def render_options_form(spawner) -> str:
     quotas = effective_quotas(catalog, spawner._group_names())
     free = await spawner.free_gpus()
     totals = getattr(spawner, "gpu_totals", lambda: None)()
-    account, available = await asyncio.to_thread(spawner.paying_account, 0)
+    try:
+        account, available = await asyncio.to_thread(spawner.paying_account, 0)
+        own_account, account_problem = user_account(spawner.user.name), None
+    except LedgerError as error:  # a hub name that cannot have an account (start() refuses it)
+        account, available, own_account, account_problem = None, 0, None, str(error)
     min_hours = minimum_hours(quotas)
     gpu_types = []
     for gpu_id, gpu in catalog.gpu_types.items():
@@ -77,7 +81,8 @@ async def render_options_form(spawner) -> str:
         available_units=available,
         available=format_amount(available),
         paying_account=account,
-        own_account=user_account(spawner.user.name),
+        own_account=own_account,
+        account_problem=account_problem,
         max_gpus=quotas.max_gpus_per_session,
         max_hours=html_number(quotas.max_hours_per_session),
         min_hours=html_number(min_hours),

@@ -117,16 +117,18 @@ def test_an_event_whose_ledger_key_is_taken_is_recorded_not_retried_forever(serv
     assert again["outcome"] == "duplicate" and "rejected" in again["reason"]
 
 
-def failing_earn(self, *args, **kwargs):
-    raise InvalidRequest("database went away")
+def record_unpaid(service, user: str, events: list) -> None:
+    """Record ``events`` as if the process stopped before their ledger transfers were made."""
+    def failing_earn(self, *args, **kwargs):
+        raise InvalidRequest("database went away")
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(Ledger, "earn", failing_earn)
+        service.record(user, events, source="hub")
 
 
-def test_an_events_own_earlier_transfer_is_linked_not_earned_again(service, ledger,
-                                                                   monkeypatch):
-    real_earn = Ledger.earn
-    monkeypatch.setattr(Ledger, "earn", failing_earn)
-    service.record("alice", [{"kind": "signup", "key": "signup"}], source="hub")
-    monkeypatch.setattr(Ledger, "earn", real_earn)
+def test_an_events_own_earlier_transfer_is_linked_not_earned_again(service, ledger):
+    record_unpaid(service, "alice", [{"kind": "signup", "key": "signup"}])
     # Earned already (with the wording of an older release), but not yet linked.
     made = ledger.earn("alice", 75 * CREDIT, key=ledger_key("alice", "signup"), rule="signup",
                        reason="older wording", metadata={"event": "signup", "kind": "signup"})
@@ -135,12 +137,8 @@ def test_an_events_own_earlier_transfer_is_linked_not_earned_again(service, ledg
     assert ledger.balance("alice").total == 75 * CREDIT
 
 
-def test_an_event_earned_under_the_old_ambiguous_key_is_not_earned_twice(service, ledger,
-                                                                        monkeypatch):
-    real_earn = Ledger.earn
-    monkeypatch.setattr(Ledger, "earn", failing_earn)
-    service.record("a:b", [{"kind": "signup", "key": "signup"}], source="hub")
-    monkeypatch.setattr(Ledger, "earn", real_earn)
+def test_an_event_earned_under_the_old_ambiguous_key_is_not_earned_twice(service, ledger):
+    record_unpaid(service, "a:b", [{"kind": "signup", "key": "signup"}])
     # Before the upgrade, a:b's signup was earned under "earn:a:b:signup"; the link was lost.
     made = ledger.earn("user:a:b", 75 * CREDIT, key="earn:a:b:signup", rule="signup",
                        reason="signup bonus", metadata={"event": "signup", "kind": "signup"})

@@ -315,9 +315,7 @@ def admit(
     if request.uses_gpus and running_gpu_sessions >= quotas.max_concurrent_gpu_sessions:
         return refuse(
             QUOTA,
-            f"You already have {plural(running_gpu_sessions, 'GPU session')} running, "
-            f"the most allowed at once ({quotas.max_concurrent_gpu_sessions}); "
-            "stop one before starting another.",
+            too_many_gpu_sessions(running_gpu_sessions, quotas.max_concurrent_gpu_sessions),
         )
 
     # 2. Capacity: are that many GPUs of that type free right now?
@@ -376,6 +374,12 @@ def admit(
 
 
 # --- wording
+
+
+def too_many_gpu_sessions(running: int, limit: int) -> str:
+    """The refusal when ``running`` open GPU sessions already reach the ``limit``."""
+    return (f"You already have {plural(running, 'GPU session')} running, the most allowed "
+            f"at once ({limit}); stop one before starting another.")
 
 
 def _what(request: SpawnRequest) -> str:

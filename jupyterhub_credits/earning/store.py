@@ -112,24 +112,19 @@ def ledger_key(user: str, event_key: str) -> str:
     first form has. Keys over 255 characters become a digest of the same parts.
     """
     if ":" not in user:
-        key = f"earn:{user}:{event_key}"
-        if len(key) > 255:
-            key = "earn:" + hashlib.sha256(f"{user}:{event_key}".encode()).hexdigest()
-        return key
-    key = f"earn/{len(user)}:{user}:{event_key}"
-    if len(key) > 255:
-        key = "earn/" + hashlib.sha256(f"{len(user)}:{user}:{event_key}".encode()).hexdigest()
-    return key
+        return _earn_key("earn:", f"{user}:{event_key}")
+    return _earn_key("earn/", f"{len(user)}:{user}:{event_key}")
 
 
 def _legacy_ledger_key(user: str, event_key: str) -> str | None:
     """The key a user name with ``:`` had before ``ledger_key`` told the parts apart."""
-    if ":" not in user:
-        return None
-    key = f"earn:{user}:{event_key}"
-    if len(key) > 255:
-        key = "earn:" + hashlib.sha256(f"{user}:{event_key}".encode()).hexdigest()
-    return key
+    return _earn_key("earn:", f"{user}:{event_key}") if ":" in user else None
+
+
+def _earn_key(prefix: str, parts: str) -> str:
+    """``prefix`` + ``parts``, or + a digest of them where that is over 255 characters."""
+    key = prefix + parts
+    return key if len(key) <= 255 else prefix + hashlib.sha256(parts.encode()).hexdigest()
 
 
 class EarningService:

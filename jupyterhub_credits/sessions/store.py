@@ -29,6 +29,7 @@ from sqlalchemy import BigInteger, case, delete, func, insert, literal, select, 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from ..catalog.admission import too_many_gpu_sessions
 from ..catalog.pricing import cost_of_seconds, paid_seconds
 from ..ledger import Ledger
 from ..ledger import database
@@ -136,6 +137,12 @@ def _session(row) -> Session:
                       for name in Session.__dataclass_fields__})
 
 
+def _open_gpu_sessions(user: str):
+    """How many GPU sessions ``user`` has open (the concurrency quota counts these)."""
+    return select(func.count()).select_from(sessions).where(
+        sessions.c.user == user, sessions.c.state.in_(OPEN_STATES), sessions.c.gpus > 0)
+
+
 def _user_lock_id(user: str) -> int:
     """A stable 63-bit id for PostgreSQL's advisory lock on one user's session starts."""
     digest = hashlib.sha256(f"jupyterhub-credits:sessions:{user}".encode()).digest()
@@ -176,9 +183,7 @@ class SessionStore:
 
     def running_gpu_sessions(self, user: str) -> int:
         with database.read_transaction(self.engine) as conn:
-            return conn.execute(select(func.count()).select_from(sessions).where(
-                sessions.c.user == user, sessions.c.state.in_(OPEN_STATES),
-                sessions.c.gpus > 0)).scalar()
+            return conn.execute(_open_gpu_sessions(user)).scalar()
 
     def uptimes(self, user: str, since: datetime, *,
                 connection: Connection | None = None) -> list[SessionUptime]:
@@ -473,14 +478,9 @@ class SessionStore:
         if conn.dialect.name == "postgresql":
             conn.execute(select(func.pg_advisory_xact_lock(
                 literal(_user_lock_id(user), BigInteger))))
-        running = conn.execute(select(func.count()).select_from(sessions).where(
-            sessions.c.user == user, sessions.c.state.in_(OPEN_STATES),
-            sessions.c.gpus > 0)).scalar()
+        running = conn.execute(_open_gpu_sessions(user)).scalar()
         if running >= limit:
-            sessions_word = "GPU session" if running == 1 else "GPU sessions"
-            raise ConcurrentSessionLimit(
-                f"You already have {running} {sessions_word} running, the most allowed at "
-                f"once ({limit}); stop one before starting another.")
+            raise ConcurrentSessionLimit(too_many_gpu_sessions(running, limit))
 
     def _finish_unheld(self, key: str, reason: str) -> None:
         with database.write_transaction(self.engine) as conn:

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from jupyterhub_credits.ledger import EXPIRED, ISSUANCE, NotReversible
+from jupyterhub_credits.ledger import EXPIRED, ISSUANCE, InsufficientFunds, NotReversible
 
 C = 1000  # units per credit
 
@@ -102,26 +102,35 @@ def test_deducts_and_posts_still_come_back_whole(ledger):
     assert available(ledger) == 100 * C
 
 
-def test_a_spend_between_reading_the_lot_and_locking_it_is_read_again(ledger, monkeypatch):
-    """The lot is read before the key is claimed (lock order), so it can change meanwhile."""
+def test_a_spend_racing_a_reversal_waits_for_it_and_never_overdraws(ledger, monkeypatch):
+    """The owner is locked before the grant's lot is read: a spend that comes in while the
+    reversal runs waits for it, then finds the credits gone (no read-then-recheck window)."""
     if ledger.engine.dialect.name != "postgresql":
         pytest.skip("SQLite runs one writer at a time: there is no between")
     grant(ledger, 100 * C, "g")
     claim = type(ledger)._claim
-    raced = []
+    spends, outcome = [], {}
+
+    def spend():
+        try:
+            ledger.deduct("alice", 30 * C, key="d", reason="use", actor="admin")
+            outcome["deduct"] = "applied"
+        except InsufficientFunds:
+            outcome["deduct"] = "refused"
 
     def claim_then_spend(self, conn, key, digest, **row):
         transfer_id = claim(self, conn, key, digest, **row)
-        if key == "r" and not raced:  # another writer spends from the lot meanwhile
-            raced.append(True)
-            spender = threading.Thread(target=lambda: ledger.deduct(
-                "alice", 30 * C, key="d", reason="use", actor="admin"))
+        if key == "r" and not spends:  # another writer tries to spend from the lot meanwhile
+            spender = threading.Thread(target=spend)
+            spends.append(spender)
             spender.start()
-            spender.join(10)
-            assert not spender.is_alive()
+            spender.join(0.5)
+            assert spender.is_alive()  # it waits on the owner the reversal holds
         return transfer_id
 
     monkeypatch.setattr(type(ledger), "_claim", claim_then_spend)
     result = reverse(ledger, "g", "r").transfer
-    assert raced and result.amount == 70 * C
+    spends[0].join(10)
+    assert not spends[0].is_alive()
+    assert result.amount == 100 * C and outcome == {"deduct": "refused"}
     assert available(ledger) == 0

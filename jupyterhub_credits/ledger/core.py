@@ -528,9 +528,13 @@ class Ledger:
                 raise NotReversible(
                     f"transfer {original.id} was already reversed by transfer {earlier.id}")
             amount, own_lot = original.amount, None
+            debit_id = self._existing_id(conn, original.credit_account)
             if account_kind(original.credit_account) in OWNER_KINDS:
-                # Read before the key is claimed (locks go key first, then the owner);
-                # read again under the owner's lock in _take_back.
+                # The owner is locked before its lot is read, so what the lot holds cannot
+                # change before the reversal takes it (under contention a read-then-recheck
+                # could lose every retry). Owner before key is safe here: the only writer
+                # that waits on this key is the same reversal, which takes the owner first too.
+                self._lock_account(conn, debit_id)
                 own_lot, amount = conn.execute(
                     select(lots.c.id, lots.c.remaining - lots.c.reserved)
                     .where(lots.c.transfer_id == original.id)).one()
@@ -541,28 +545,19 @@ class Ledger:
                     if conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first():
                         raise _Duplicate()
                     raise NotReversible(self._nothing_left(conn, original, own_lot))
-            debit_id = self._existing_id(conn, original.credit_account)
             credit_id = self._existing_id(conn, original.debit_account)
             transfer_id = self._claim(conn, key, digest, kind="reverse", debit=debit_id,
                                       credit=credit_id, amount=amount, actor=actor,
                                       reason=reason, metadata=metadata, reversal_of=original.id)
             if own_lot is not None:
-                self._take_back(conn, debit_id, own_lot, transfer_id, amount)
+                # Free units of one lot (the reversed grant's own), read under the lock.
+                self._take_from_lots(conn, debit_id, transfer_id, [(own_lot, amount)])
             if account_kind(original.debit_account) in OWNER_KINDS:
                 self._credit_owner(conn, credit_id, transfer_id, amount, None)
             return transfer_id
 
         return self._transact(key, digest, work)
 
-    def _take_back(self, conn: Connection, account_id: int, lot_id: int, transfer_id: int,
-                   amount: int) -> None:
-        """Draw ``amount`` free units from one lot (a reversed grant's own) and the balance."""
-        self._lock_account(conn, account_id)
-        free = conn.execute(select(lots.c.remaining - lots.c.reserved)
-                            .where(lots.c.id == lot_id)).scalar_one()
-        if free != amount:
-            raise _Raced()  # spent, reserved or released since it was read: read it again
-        self._take_from_lots(conn, account_id, transfer_id, [(lot_id, amount)])
 
     def _nothing_left(self, conn: Connection, original: Transfer, lot_id: int) -> str:
         """Why a grant's lot has nothing to take back: how much expired, was spent, is held."""
@@ -695,8 +690,6 @@ class Ledger:
                 transfer_id = database.run_with_retries(self.engine, work)
             except _Duplicate:
                 return self._existing_result(key, digest)
-            except _Raced:
-                continue  # what the request read changed before it was locked: read again
             except IntegrityError:
                 # A concurrent writer took this key (or reversed the same transfer) first:
                 # look again from the start, which then sees what it did.

@@ -441,7 +441,8 @@ TRANSFER_COLUMNS = ("id", "key", "kind", "debit_account_id", "credit_account_id"
                     "created_at", "actor", "reason", "metadata", "request_hash", "pending_id",
                     "reversal_of")
 TABLES = {
-    "credits_accounts": ("id", "name", "kind", "balance", "reserved", "created_at"),
+    "credits_accounts": ("id", "name", "kind", "balance", "reserved", "created_at",
+                         "lifetime_earned", "lifetime_spent"),
     "credits_transfers": TRANSFER_COLUMNS,
     "credits_lots": ("id", "account_id", "transfer_id", "amount", "remaining", "reserved",
                      "expires_at"),
@@ -517,7 +518,9 @@ def ledger_rows(accounts: int, first_account: int, issuance: int, usage: int):
         rows["credits_lots"].append((lot, acc, grant[0], GRANT, remaining, 1000, None))
         rows["credits_lots"].extend(extra_lots)
         balance = remaining + DEDUCT * BLOCKS_PER_ACCOUNT
-        rows["credits_accounts"].append((acc, f"user:bulk{a}", "user", balance, 1000, STAMP))
+        # No earns; each block posts 2000 + 1000 (its deduct reversals leave spending alone).
+        rows["credits_accounts"].append((acc, f"user:bulk{a}", "user", balance, 1000, STAMP,
+                                         0, 3000 * BLOCKS_PER_ACCOUNT))
         yield rows
 
 

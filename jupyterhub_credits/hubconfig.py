@@ -8,8 +8,9 @@ In ``jupyterhub_config.py``::
 
 It checks the catalog (an invalid one stops the hub at start-up with a message
 naming the file, the key and the problem), sets the spawner, defines the
-credits RBAC scopes and roles, and registers the managed ``credits`` service
-that serves the API and runs the meter.
+credits RBAC scopes and roles, registers the managed ``credits`` service
+that serves the API and runs the meter, and puts "Credits" links in the hub's
+navigation bar (``hub_templates/page.html``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from .catalog import CatalogError, load_catalog
 from .ledger import Ledger
 
 SERVICE_NAME = "credits"
+#: The hub's ``page.html`` with the "Credits" (and, for admins, "Credits admin") navigation
+#: links; the credits service renders its pages with the same file.
+HUB_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hub_templates")
 
 #: RBAC custom scopes of the credits service.
 SCOPES = {
@@ -33,9 +37,13 @@ SCOPES = {
     "custom:credits:events": {
         "description": "Report activity events that may earn credits (own, with !user filter).",
     },
+    "custom:credits:metrics": {
+        "description": "Read the credits service's Prometheus metrics (totals, nothing per user).",
+    },
     "custom:credits:admin": {
         "description": "Administer credits: grant, deduct, reverse, freeze, stop sessions.",
-        "subscopes": ["custom:credits:read", "custom:credits:spend", "custom:credits:events"],
+        "subscopes": ["custom:credits:read", "custom:credits:spend", "custom:credits:events",
+                      "custom:credits:metrics"],
     },
 }
 
@@ -120,6 +128,12 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
     admins = sorted(set(admin_users or []) | set(_get(c.Authenticator, "admin_users", [])))
     _merge_role(roles, "credits-admin", ["custom:credits:admin"], users=admins)
     c.JupyterHub.load_roles = roles
+
+    # First, so the hub's pages extend our page.html (which extends the hub's own); a
+    # deployment's own template directories stay, after ours.
+    template_paths = [path for path in _get(c.JupyterHub, "template_paths", [])
+                      if path != HUB_TEMPLATES]
+    c.JupyterHub.template_paths = [HUB_TEMPLATES, *template_paths]
 
     environment = {
         "JUPYTERHUB_CREDITS_DB_URL": db_url,

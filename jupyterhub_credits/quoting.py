@@ -50,3 +50,33 @@ def quote_input(value, limit: int = QUOTE_LIMIT) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + ELLIPSIS
+
+
+def unstorable_text(value, where: str = "the request") -> str | None:
+    """Why ``value`` (parsed JSON) holds text no database column can keep, or None.
+
+    JSON may carry ``\\u0000`` (PostgreSQL's text refuses NUL) and lone UTF-16
+    surrogates such as ``\\ud800`` (no UTF-8 encoding exists): both are refused at
+    the door with a message, instead of failing deep in a write. Walks the value
+    iteratively (a deep body cannot exhaust the stack), keys and values alike.
+    """
+    pending = [(value, where)]
+    while pending:
+        item, place = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return f"{place} contains a NUL character (\\u0000), which cannot be stored"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return (f"{place} contains a lone UTF-16 surrogate (such as \\ud800), "
+                        "which is not text")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                pending.append((key, place))
+                pending.append((child, f"{place}: field {quote_input(key)}"
+                                if isinstance(key, str) and unstorable_text(key) is None
+                                else place))
+        elif isinstance(item, (list, tuple)):
+            pending.extend((child, place) for child in item)
+    return None

@@ -56,3 +56,17 @@ def test_configure_credits_merges_with_existing_roles_and_scopes(tmp_path):
     assert "custom:credits:read!user" in c.JupyterHub.extra_user_scopes
     service = next(s for s in c.JupyterHub.services if s["name"] == "credits")
     assert service["environment"]["JUPYTERHUB_CREDITS_DB_URL"].endswith("c.sqlite")
+
+
+def test_configure_credits_puts_its_page_template_first_and_keeps_others(tmp_path):
+    from jupyterhub_credits.hubconfig import HUB_TEMPLATES
+
+    c = Config()
+    c.JupyterHub.template_paths = ["/srv/site-templates"]
+    configure_credits(c, catalog_path=str(CATALOG), db_url=f"sqlite:///{tmp_path}/c.sqlite")
+    configure_credits(c, catalog_path=str(CATALOG), db_url=f"sqlite:///{tmp_path}/c.sqlite")
+    assert c.JupyterHub.template_paths == [HUB_TEMPLATES, "/srv/site-templates"]
+    assert Path(HUB_TEMPLATES, "page.html").is_file()
+    assert "custom:credits:metrics" in c.JupyterHub.custom_scopes
+    assert "custom:credits:metrics" in c.JupyterHub.custom_scopes["custom:credits:admin"][
+        "subscopes"]

@@ -39,6 +39,7 @@ from jupyterhub_credits.ledger import (
     UnknownAccount,
 )
 from jupyterhub_credits.ledger import database as ledger_database
+from jupyterhub_credits.ledger.schema import accounts as accounts_table
 from jupyterhub_credits.ledger.schema import holds as holds_table
 from jupyterhub_credits.ledger.schema import lots as lots_table
 from jupyterhub_credits.ledger.verify import verify
@@ -122,6 +123,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.used_keys: list[str] = []
         self.refused_keys: list[str] = []
         self.system = {ISSUANCE: 0, USAGE: 0, EXPIRED: 0}
+        # Owners' lifetime totals: {owner: [earned, spent]}.
+        self.totals = {owner: [0, 0] for owner in USERS}
         self.counter = 0
         self.steps = 0
 
@@ -216,6 +219,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.accounts.add(owner)
         lot = self.lot_of(t.id, owner, amount, expires_at)
         self.system[ISSUANCE] -= amount
+        if earn:
+            self.totals[owner][0] += amount
         self.transfers.append(Xfer(t.id, key, t.kind, ISSUANCE, owner, amount, lot=lot))
 
     def pick_amount(self, data, owner: str) -> int:
@@ -305,6 +310,7 @@ class LedgerMachine(RuleBasedStateMachine):
             lot.remaining -= take
         self.release(hold, "posted")
         self.system[USAGE] += posted
+        self.totals[hold.owner][1] += posted
         self.transfers.append(Xfer(t.id, key, "post", hold.owner, USAGE, posted))
         if posted < hold.amount:
             rest = self.ledger.history(hold.owner, limit=1)[0]
@@ -355,11 +361,15 @@ class LedgerMachine(RuleBasedStateMachine):
                 event("reverse: what is left of a partly spent grant")
             lot.remaining -= amount
             self.system[ISSUANCE] += amount
+            if original.kind == "earn":
+                self.totals[original.credit][0] -= amount
         else:  # deduct, post: the owner gets the credits back, never expiring
             amount = original.amount
             t = self.accepted(key, call, "reverse")
             self.lot_of(t.id, original.debit, amount, None)
             self.system[original.credit] -= amount
+            if original.kind == "post":
+                self.totals[original.debit][1] -= amount
         assert (t.debit_account, t.credit_account, t.amount, t.reversal_of) == (
             original.credit, original.debit, amount, original.id)
         original.reversed = True
@@ -449,6 +459,15 @@ class LedgerMachine(RuleBasedStateMachine):
                 total, reserved, total - reserved), owner
         for name, expected in self.system.items():
             assert self.ledger.balance(name).total == expected, name
+
+    @invariant()
+    def lifetime_totals_match_the_model(self):
+        with self.engine.connect() as conn:
+            found = {row.name: [row.lifetime_earned, row.lifetime_spent] for row in conn.execute(
+                select(accounts_table.c.name, accounts_table.c.lifetime_earned,
+                       accounts_table.c.lifetime_spent)
+                .where(accounts_table.c.kind != "system"))}
+        assert found == {owner: self.totals[owner] for owner in self.accounts}
 
     @invariant()
     def lots_and_holds_match_the_model(self):

@@ -160,10 +160,12 @@ def test_a_browser_logged_in_at_the_hub_reads_its_own_credits(hub, alice):
     xsrf = browser.cookies.get("_xsrf") or page.text.split('name="_xsrf" value="')[1].split('"')[0]
     browser.post(f"{hub.url}/hub/login", data={"username": "alice", "password": "demo",
                                                "_xsrf": xsrf}, timeout=10)
-    # The service's page runs the OAuth dance and lands on api/me with its cookie.
-    me = browser.get(f"{hub.url}/services/credits/", timeout=20)
-    assert me.status_code == 200, me.text
-    assert me.json()["user"] == "alice" and me.url.endswith("/services/credits/api/me")
+    # The service's page runs the OAuth dance and lands on My credits with its cookie.
+    page = browser.get(f"{hub.url}/services/credits/", timeout=20)
+    assert page.status_code == 200 and page.url.endswith("/services/credits/"), page.text
+    assert "My credits" in page.text
+    me = browser.get(f"{hub.url}/services/credits/api/me", timeout=10)
+    assert me.status_code == 200 and me.json()["user"] == "alice"
     other = browser.get(f"{hub.url}/services/credits/api/users/bob", timeout=10)
     assert other.status_code == 403
     # A cookie alone does not make a POST: cross-site requests need the xsrf token.

@@ -228,7 +228,8 @@ class Ledger:
                                       debit=self._existing_id(conn, ISSUANCE), credit=account_id,
                                       amount=amount, actor=actor, reason=reason,
                                       metadata=metadata)
-            self._credit_owner(conn, account_id, transfer_id, amount, expires_at)
+            self._credit_owner(conn, account_id, transfer_id, amount, expires_at,
+                               earned=amount if kind == "earn" else 0)
             return transfer_id
 
         result = self._transact(key, digest, work)
@@ -327,7 +328,8 @@ class Ledger:
             self._lock_account(conn, hold["debit"])
             self._release_hold_lots(conn, hold, posted, transfer_id, actor)
             conn.execute(update(accounts).where(accounts.c.id == hold["debit"]).values(
-                balance=accounts.c.balance - posted, reserved=accounts.c.reserved - hold["amount"]))
+                balance=accounts.c.balance - posted, reserved=accounts.c.reserved - hold["amount"],
+                **_total_changes(spent=posted)))
             return transfer_id
 
         return self._transact(key, digest, work)
@@ -431,9 +433,11 @@ class Ledger:
             for account_id in debits:
                 mine = [(hold, posted) for hold, posted, _ in resolved
                         if hold["debit"] == account_id]
+                spent = sum(posted for _, posted in mine)
                 conn.execute(update(accounts).where(accounts.c.id == account_id).values(
-                    balance=accounts.c.balance - sum(posted for _, posted in mine),
-                    reserved=accounts.c.reserved - sum(hold["amount"] for hold, _ in mine)))
+                    balance=accounts.c.balance - spent,
+                    reserved=accounts.c.reserved - sum(hold["amount"] for hold, _ in mine),
+                    **_total_changes(spent=spent)))
             created = {row.id: _transfer(row) for row in conn.execute(
                 _transfer_query().where(transfers.c.id.in_(
                     [answer for answer in answers if isinstance(answer, int)])))}
@@ -549,11 +553,15 @@ class Ledger:
             transfer_id = self._claim(conn, key, digest, kind="reverse", debit=debit_id,
                                       credit=credit_id, amount=amount, actor=actor,
                                       reason=reason, metadata=metadata, reversal_of=original.id)
+            # The owner's lifetime totals forget what is undone: an earn's reversal takes
+            # back what it takes from the earned total, a post's gives back the spending.
             if own_lot is not None:
                 # Free units of one lot (the reversed grant's own), read under the lock.
-                self._take_from_lots(conn, debit_id, transfer_id, [(own_lot, amount)])
+                self._take_from_lots(conn, debit_id, transfer_id, [(own_lot, amount)],
+                                     earned=-amount if original.kind == "earn" else 0)
             if account_kind(original.debit_account) in OWNER_KINDS:
-                self._credit_owner(conn, credit_id, transfer_id, amount, None)
+                self._credit_owner(conn, credit_id, transfer_id, amount, None,
+                                   spent=-amount if original.kind == "post" else 0)
             return transfer_id
 
         return self._transact(key, digest, work)
@@ -661,11 +669,15 @@ class Ledger:
                      .order_by(transfers.c.id.desc()).limit(limit))
             return [_transfer(row) for row in conn.execute(query)]
 
-    def transfers(self, *, since: datetime | None = None, batch: int = 1000) -> Iterator[Transfer]:
-        """Every transfer in order of id (the audit log), optionally from ``since`` on."""
+    def transfers(self, *, since: datetime | None = None, until: datetime | None = None,
+                  batch: int = 1000) -> Iterator[Transfer]:
+        """Every transfer in order of id (the audit log), optionally made at or after ``since``
+        and before ``until``; streamed ``batch`` rows at a time from one snapshot."""
         query = _transfer_query().order_by(transfers.c.id)
         if since is not None:
             query = query.where(transfers.c.created_at >= since)
+        if until is not None:
+            query = query.where(transfers.c.created_at < until)
         with database.read_transaction(self.engine) as conn:
             result = conn.execution_options(yield_per=batch).execute(query)
             for row in result:
@@ -814,12 +826,14 @@ class Ledger:
         return [(lot_id, int(free)) for lot_id, free in rows]
 
     def _credit_owner(self, conn: Connection, account_id: int, transfer_id: int, amount: int,
-                      expires_at: datetime | None) -> None:
+                      expires_at: datetime | None, *, earned: int = 0, spent: int = 0) -> None:
+        """A new lot of ``amount``; the balance and lifetime totals change in the same UPDATE."""
         conn.execute(insert(lots).values(account_id=account_id, transfer_id=transfer_id,
                                          amount=amount, remaining=amount, reserved=0,
                                          expires_at=expires_at))
         conn.execute(update(accounts).where(accounts.c.id == account_id)
-                     .values(balance=accounts.c.balance + amount))
+                     .values(balance=accounts.c.balance + amount,
+                             **_total_changes(earned=earned, spent=spent)))
 
     def _debit_owner(self, conn: Connection, name: str, account_id: int, transfer_id: int,
                      amount: int, prefer_lot: int | None = None) -> None:
@@ -829,8 +843,9 @@ class Ledger:
         self._take_from_lots(conn, account_id, transfer_id, list(_draw(spendable, amount)))
 
     def _take_from_lots(self, conn: Connection, account_id: int, transfer_id: int,
-                        draws: list[tuple[int, int]]) -> None:
-        """Take ``(lot id, units)`` out of an owner's lots, one movement each, and its balance."""
+                        draws: list[tuple[int, int]], *, earned: int = 0) -> None:
+        """Take ``(lot id, units)`` out of an owner's lots, one movement each, and its balance
+        (with ``earned``, the change to its lifetime earned total, in the same UPDATE)."""
         for lot_id, take in draws:
             conn.execute(update(lots).where(lots.c.id == lot_id)
                          .values(remaining=lots.c.remaining - take))
@@ -838,7 +853,8 @@ class Ledger:
             {"lot_id": lot_id, "transfer_id": transfer_id, "amount": take}
             for lot_id, take in draws])
         conn.execute(update(accounts).where(accounts.c.id == account_id)
-                     .values(balance=accounts.c.balance - sum(take for _, take in draws)))
+                     .values(balance=accounts.c.balance - sum(take for _, take in draws),
+                             **_total_changes(earned=earned)))
 
     def _find_transfer(self, conn: Connection, ref: int | str) -> Transfer:
         if isinstance(ref, bool):
@@ -976,6 +992,8 @@ def _check_key(key: Any, *, system: bool = False) -> None:
         raise InvalidRequest("every transfer needs an idempotency key (a non-empty string)")
     if len(key) > _MAX_KEY_LENGTH:
         raise InvalidRequest(f"idempotency key longer than {_MAX_KEY_LENGTH} characters")
+    if "\x00" in key:  # PostgreSQL cannot store it in text
+        raise InvalidRequest("idempotency keys must not contain NUL characters")
     if not system and key.startswith(RESERVED_KEY_PREFIXES):
         raise InvalidRequest(f"idempotency keys starting with {' or '.join(RESERVED_KEY_PREFIXES)}"
                              " are reserved for the ledger's sweep")
@@ -1000,6 +1018,17 @@ def _draw(spendable: list[tuple[int, int]], amount: int) -> Iterator[tuple[int, 
         take = min(free, left)
         left -= take
         yield lot_id, take
+
+
+def _total_changes(*, earned: int = 0, spent: int = 0) -> dict:
+    """UPDATE values moving an owner's lifetime totals (``lifetime_earned``: earns less their
+    reversals; ``lifetime_spent``: posts less theirs), for the statement that moves its balance."""
+    values = {}
+    if earned:
+        values["lifetime_earned"] = accounts.c.lifetime_earned + earned
+    if spent:
+        values["lifetime_spent"] = accounts.c.lifetime_spent + spent
+    return values
 
 
 def _expiry_order():

@@ -54,6 +54,8 @@ def _text(op: dict, name: str, *, required: bool = False) -> str:
     value = op.get(name, "")
     if not isinstance(value, str) or (required and not value.strip()):
         raise InvalidRequest(f"{name} must be a non-empty string")
+    if "\x00" in value:  # PostgreSQL cannot store it in text: refuse it here, in words
+        raise InvalidRequest(f"{name} must not contain NUL characters")
     return value
 
 

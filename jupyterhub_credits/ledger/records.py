@@ -1,10 +1,6 @@
-"""Transfers and balances as JSON-ready dicts and CSV rows (one shape everywhere)."""
+"""Transfers and balances as JSON-ready dicts (one shape everywhere; CSV in ``export``)."""
 
 from __future__ import annotations
-
-import csv
-import json
-from typing import IO, Iterable
 
 from .amounts import format_amount
 from .core import Balance, Transfer
@@ -53,15 +49,3 @@ def transfer_to_dict(transfer: Transfer, *, account: str | None = None) -> dict:
 
 CSV_COLUMNS = ["id", "created_at", "kind", "debit", "credit", "amount", "units", "key", "actor",
                "reason", "pending_id", "reversal_of", "metadata"]
-
-
-def write_csv(transfers: Iterable[Transfer], out: IO[str]) -> int:
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    count = 0
-    for transfer in transfers:
-        row = transfer_to_dict(transfer)
-        row["metadata"] = json.dumps(row["metadata"], sort_keys=True) if row["metadata"] else ""
-        writer.writerow(row)
-        count += 1
-    return count

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 #: Table names carry a prefix so the ledger can share a database with JupyterHub.
@@ -90,10 +91,18 @@ accounts = Table(
     Column("balance", BigInteger, nullable=False, default=0),
     Column("reserved", BigInteger, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
+    # Lifetime totals of owner accounts, kept in the transaction of each transfer (see
+    # Ledger): earn credited less earn reversals; post debited less post reversals.
+    Column("lifetime_earned", BigInteger, nullable=False, default=0, server_default=text("0")),
+    Column("lifetime_spent", BigInteger, nullable=False, default=0, server_default=text("0")),
     CheckConstraint("kind IN ('user', 'group', 'system')", name="kind"),
     CheckConstraint(
         "kind = 'system' OR (reserved >= 0 AND balance >= reserved)", name="not_overdrawn"
     ),
+    # The admin's account list: one kind, sorted by one figure, 50 at a time.
+    Index("ix_credits_accounts_kind_balance", "kind", "balance"),
+    Index("ix_credits_accounts_kind_lifetime_spent", "kind", "lifetime_spent"),
+    Index("ix_credits_accounts_kind_lifetime_earned", "kind", "lifetime_earned"),
 )
 
 transfers = Table(
@@ -104,8 +113,8 @@ transfers = Table(
     # (the void of an unposted remainder, which shares its post's key).
     Column("key", String(255), nullable=True, unique=True),
     Column("kind", String(16), nullable=False),
-    Column("debit_account_id", Id, ForeignKey(PREFIX + "accounts.id"), nullable=False, index=True),
-    Column("credit_account_id", Id, ForeignKey(PREFIX + "accounts.id"), nullable=False, index=True),
+    Column("debit_account_id", Id, ForeignKey(PREFIX + "accounts.id"), nullable=False),
+    Column("credit_account_id", Id, ForeignKey(PREFIX + "accounts.id"), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("actor", String(255), nullable=False),
@@ -123,6 +132,11 @@ transfers = Table(
         "kind IN ('grant', 'deduct', 'earn', 'hold', 'post', 'void', 'expire', 'reverse')",
         name="kind",
     ),
+    # One account's transfers (or one kind's) newest first, read from the index in order;
+    # the first two also serve the foreign keys.
+    Index("ix_credits_transfers_debit_account_id_id", "debit_account_id", "id"),
+    Index("ix_credits_transfers_credit_account_id_id", "credit_account_id", "id"),
+    Index("ix_credits_transfers_kind_id", "kind", "id"),
 )
 
 holds = Table(

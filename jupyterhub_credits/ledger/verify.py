@@ -71,7 +71,9 @@ def verify(engine: Engine) -> VerifyReport:
         "holds_resolved_once", "keys_applied_once", "reversals_once", "lots")}
     with database.read_transaction(engine) as conn:
         account_rows = conn.execute(select(accounts.c.id, accounts.c.name, accounts.c.kind,
-                                           accounts.c.balance, accounts.c.reserved)).all()
+                                           accounts.c.balance, accounts.c.reserved,
+                                           accounts.c.lifetime_earned,
+                                           accounts.c.lifetime_spent)).all()
         moving = transfers.c.kind.not_in(BALANCE_NEUTRAL_KINDS)
         legs = union_all(
             select(transfers.c.credit_account_id.label("account_id"),
@@ -91,6 +93,7 @@ def verify(engine: Engine) -> VerifyReport:
                    func.sum(lots.c.remaining).label("remaining"),
                    func.sum(lots.c.reserved).label("reserved"))
             .group_by(lots.c.account_id))}
+        earned, spent = _lifetime_totals(conn)
 
         # 1. Double entry: the balances the ledger reports (cached for owners,
         # summed for system accounts) add up to zero.
@@ -107,6 +110,13 @@ def verify(engine: Engine) -> VerifyReport:
             if row.balance != computed_balance:
                 checks["cached_balances"].add(
                     f"{row.name}: cached balance {row.balance} != {computed_balance} from transfers")
+            # 2b. So do its cached lifetime totals.
+            for label, cached, computed_total in (
+                    ("lifetime_earned", row.lifetime_earned, earned.get(row.id, 0)),
+                    ("lifetime_spent", row.lifetime_spent, spent.get(row.id, 0))):
+                if cached != computed_total:
+                    checks["cached_balances"].add(
+                        f"{row.name}: cached {label} {cached} != {computed_total} from transfers")
             # 3. Nobody spends what they do not have, counting reservations.
             if row.reserved < 0 or row.balance - row.reserved < 0:
                 checks["no_overdraft"].add(
@@ -137,6 +147,28 @@ def verify(engine: Engine) -> VerifyReport:
         transfer_count = conn.execute(select(func.count()).select_from(transfers)).scalar()
     return VerifyReport(checks, int(transfer_count), len(account_rows),
                         time.perf_counter() - started)
+
+
+def _lifetime_totals(conn) -> tuple[dict, dict]:
+    """Each owner's earned and spent totals from its transfers ({account id: units} twice).
+
+    Earned: earn transfers credited, less the reversals of earns (which debit what they
+    took back). Spent: post transfers debited, less the reversals of posts.
+    """
+    original = transfers.alias("original")
+    earned = _grouped(conn, select(transfers.c.credit_account_id, func.sum(transfers.c.amount))
+                      .where(transfers.c.kind == "earn").group_by(transfers.c.credit_account_id))
+    spent = _grouped(conn, select(transfers.c.debit_account_id, func.sum(transfers.c.amount))
+                     .where(transfers.c.kind == "post").group_by(transfers.c.debit_account_id))
+    for totals, kind, owner in ((earned, "earn", transfers.c.debit_account_id),
+                                (spent, "post", transfers.c.credit_account_id)):
+        for account_id, amount in conn.execute(
+                select(owner, func.sum(transfers.c.amount))
+                .join(original, original.c.id == transfers.c.reversal_of)
+                .where(transfers.c.kind == "reverse", original.c.kind == kind)
+                .group_by(owner)):
+            totals[account_id] = totals.get(account_id, 0) - int(amount)
+    return earned, spent
 
 
 def _check_holds(conn, check: CheckResult) -> None:

@@ -13,7 +13,9 @@ Routes, under the service prefix (``/services/credits/``):
 
 - ``health`` — liveness, no authentication (the hub and tests wait on it);
 - ``oauth_callback`` — the end of a browser's hub login;
-- ``""`` — logs a browser in and shows its ``api/me``;
+- ``""`` — My credits, ``admin`` — the admin panel (``pages/``; HTML in the hub's look);
+- ``static/...`` — the pages' own scripts and styles;
+- ``metrics`` — Prometheus metrics (``metrics.py``);
 - ``api/...`` — the REST API (``service/api``), guarded by the credits scopes.
 """
 
@@ -39,11 +41,13 @@ from ..ledger.core import utcnow
 from ..sessions.allocator import LocalGpuAllocator
 from ..sessions.inventory import local_inventory
 from ..sessions.store import SessionStore
-from .api import HubUserHandler, NotFoundHandler, default_handlers
+from .api import NotFoundHandler, default_handlers
 from .api.events import MAX_BODY_BYTES
 from .context import ServiceContext
 from .hub import HubClient
 from .meter import Meter
+from .metrics import MetricsHandler
+from .pages import STATIC_DIR, page_handlers, template_environment
 
 
 class HealthHandler(web.RequestHandler):
@@ -56,24 +60,6 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
     @property
     def hub_auth(self):
         return self.settings["hub_auth"]
-
-
-class HomeHandler(HubUserHandler):
-    """The service's page in the hub's Services menu: log in, then see your credits.
-
-    The caller is identified in ``prepare`` without blocking the event loop;
-    ``@web.authenticated`` then sends a browser without a login to the hub's.
-    """
-
-    @web.authenticated
-    def get(self):
-        self.redirect(url_path_join(self.settings["credits_prefix"], "api/me"))
-
-    def get_login_url(self):
-        if self.denied:  # known to the hub, not allowed here: logging in again cannot help
-            raise web.HTTPError(403, f"{self.denied.get('kind', 'user')} "
-                                     f"{self.denied.get('name')} may not use the credits service")
-        return super().get_login_url()
 
 
 class CreditsService(Application):
@@ -215,13 +201,16 @@ class CreditsService(Application):
         handlers = [
             (prefix + "health", HealthHandler),
             (prefix + "oauth_callback", OAuthCallbackHandler),
-            (prefix.rstrip("/") + "/?", HomeHandler),
+            (prefix + "metrics", MetricsHandler),
+            *page_handlers(prefix),
             *[(prefix + path.lstrip("/"), handler) for path, handler in default_handlers],
             (prefix + r"api(?:/.*)?", NotFoundHandler),
         ]
         return web.Application(
             handlers, credits=context, hub_auth=hub_auth, credits_prefix=prefix,
-            cookie_secret=os.urandom(32), login_url=hub_auth.login_url, xsrf_cookies=False)
+            cookie_secret=os.urandom(32), login_url=hub_auth.login_url, xsrf_cookies=False,
+            credits_templates=template_environment(),
+            static_path=STATIC_DIR, static_url_prefix=prefix + "static/")
 
     def make_server(self, app: web.Application) -> HTTPServer:
         """The HTTP server for ``app``, refusing bodies over ``max_body_size`` unread."""

@@ -19,8 +19,10 @@ READ = "custom:credits:read"
 SPEND = "custom:credits:spend"
 EVENTS = "custom:credits:events"
 ADMIN = "custom:credits:admin"
+#: Read the Prometheus metrics (``/services/credits/metrics``): totals only, nothing per user.
+METRICS = "custom:credits:metrics"
 #: The scopes ``custom:credits:admin`` includes (its ``subscopes`` in hubconfig.SCOPES).
-ADMIN_INCLUDES = frozenset({READ, SPEND, EVENTS})
+ADMIN_INCLUDES = frozenset({READ, SPEND, EVENTS, METRICS})
 
 
 def has_scope(model: Mapping | None, scope: str, user: str | None = None,

@@ -28,6 +28,8 @@ class ServiceContext:
     earning: EarningService | None = None
     #: The meter (None when it is switched off, e.g. in a read-only replica).
     meter: object | None = None
+    #: The background ``verify`` runs the admin panel starts (``api/verify.py``), made on first use.
+    verify_runs: object | None = None
     #: Serialises session changes (extend, auto-extend, expiry) within the service.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -1,7 +1,8 @@
 """The hub's REST API as the credits service uses it, through Tornado's async HTTP client.
 
 Only what the meter and the API need: list active servers (paginated),
-read one user, stop one server. The service's own token
+read one user, list every user's name (paginated), read a group's members,
+stop one server. The service's own token
 (``$JUPYTERHUB_API_TOKEN``, role ``credits-service``) authorises every call.
 """
 
@@ -115,6 +116,31 @@ class HubClient:
         """A user's model (with groups and servers), or None if the hub has no such user."""
         status, data = await self.request("GET", f"/users/{quote(name, safe='')}", allow=(404,))
         return None if status == 404 else data
+
+    async def group(self, name: str) -> list[str] | None:
+        """The names of a group's members (needs ``read:groups``), or None if there is no
+        such group."""
+        status, data = await self.request("GET", f"/groups/{quote(name, safe='')}",
+                                          allow=(404,))
+        if status == 404:
+            return None
+        return list((data or {}).get("users") or [])
+
+    async def user_names(self) -> set[str]:
+        """The name of every hub user, all pages: one listing instead of one request a name."""
+        names: set[str] = set()
+        offset = 0
+        while True:
+            query = urlencode({"offset": offset, "limit": self.page_size})
+            _, data = await self.request("GET", f"/users?{query}", accept=PAGINATION_MEDIA_TYPE)
+            if isinstance(data, list):  # a hub that ignores the pagination media type
+                items, following = data, None
+            else:
+                items, following = data["items"], data["_pagination"].get("next")
+            names.update(user_model["name"] for user_model in items)
+            if not following:
+                return names
+            offset = following["offset"]
 
     async def active_servers(self) -> dict[tuple[str, str], ServerState]:
         """Every active server (started, starting or stopping), all pages of users."""

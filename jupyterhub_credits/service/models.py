@@ -32,7 +32,13 @@ def server_label(name: str) -> str:
 
 
 def session_to_dict(session: Session, now: datetime, *, notice: str | None = None) -> dict:
-    """A session as ``/api/me`` lists it; ``notice`` is the meter's last word on it, if any."""
+    """A session as ``/api/me`` lists it; ``notice`` is the meter's last word on it, if any.
+
+    A session that has ended (e.g. the answer of a stop) also carries ``charged``,
+    ``ended_at`` and ``end_reason``; its time left is 0 and its cost what it was charged.
+    """
+    if session.ended_at is not None:
+        now = min(now, session.ended_at)
     record = {
         "id": session.id,
         "server": session.server_name,
@@ -53,6 +59,13 @@ def session_to_dict(session: Session, now: datetime, *, notice: str | None = Non
         # Warning thresholds (seconds before paid_until) already given, largest first.
         "warnings": sorted(session.warned_thresholds or [], reverse=True),
     }
+    if session.ended_at is not None:
+        record["seconds_left"] = 0
+        record["ended_at"] = iso(session.ended_at)
+        record["end_reason"] = session.end_reason
+    if session.charged is not None:
+        record["charged"] = format_amount(session.charged)
+        record["cost_so_far"] = record["charged"]
     if notice:
         record["notice"] = notice
     return record

@@ -1,7 +1,9 @@
 """Paid notebook sessions: opened with a hold, billed from ready, settled exactly once.
 
 A session's money lives in ledger holds keyed ``<session key>:hold:<n>``
-(the first when it starts, one more per extension). Settlement posts what the
+(the first when it starts, one more per extension; an extension asked for with
+an idempotency key is keyed ``<session key>:hold:request-<hash of it>``
+instead, so the same request twice holds once). Settlement posts what the
 ready time cost across those holds and voids the rest, in one ledger
 transaction and under keys ``<session key>:settle:<n>``, so a settlement that
 is interrupted and run again — by the spawner, the meter or a restarted hub —
@@ -52,6 +54,20 @@ class SessionConflict(SessionError):
 
 class ConcurrentSessionLimit(SessionError):
     """The user already runs the most GPU sessions allowed at once (a quota refusal)."""
+
+
+class DuplicateExtension(SessionError):
+    """An extension whose request key was already applied (nothing more was held)."""
+
+
+def extension_hold_key(session_key: str, request_key: str) -> str:
+    """The hold key of the extension asked for with ``request_key``: one per (session, key).
+
+    Hashed, so any key a client sends (up to 100 characters of anything) makes a
+    short ledger key of known characters.
+    """
+    digest = hashlib.sha256(request_key.encode()).hexdigest()[:32]
+    return f"{session_key}:hold:request-{digest}"
 
 
 @dataclass(frozen=True)
@@ -280,17 +296,41 @@ class SessionStore:
                 self._postpone_hold_timeouts(conn, row.id, paid_until)
         return self.get(key)
 
-    def extend(self, key: str, hold_units: int, *, actor: str) -> Session:
-        """Buy more time for a running session with one more hold."""
+    def extend(self, key: str, hold_units: int, *, actor: str,
+               request_key: str | None = None) -> Session:
+        """Buy more time for a running session with one more hold.
+
+        With ``request_key`` (the caller's idempotency key) the hold's key is
+        derived from it (``extension_hold_key``), so the same request twice
+        places one hold: the second raises ``DuplicateExtension``.
+        """
         session = self.get(key)
         if session is None or session.state not in ("starting", "running"):
             raise SessionError("this session has ended and cannot be extended")
+        hold_key = extension_hold_key(key, request_key) if request_key is not None else None
+        if hold_key is not None and self.has_hold(key, hold_key):
+            raise DuplicateExtension("this extension was already applied")
         with database.read_transaction(self.engine) as conn:
             seq = conn.execute(select(func.coalesce(func.max(session_holds.c.seq), -1) + 1)
                                .where(session_holds.c.session_id == session.id)).scalar()
-        self._add_hold(key, seq, session.account, hold_units, session.rate_per_hour, actor,
-                       "session extension")
+        try:
+            self._add_hold(key, seq, session.account, hold_units, session.rate_per_hour, actor,
+                           "session extension", hold_key=hold_key)
+        except IntegrityError:
+            # A concurrent request took the same key (or the same seq) first.
+            if hold_key is not None and self.has_hold(key, hold_key):
+                raise DuplicateExtension("this extension was already applied") from None
+            raise SessionError("the session changed at the same time; try again") from None
         return self.get(key)
+
+    def has_hold(self, key: str, hold_key: str) -> bool:
+        """Whether session ``key`` has a hold recorded under ``hold_key``."""
+        with database.read_transaction(self.engine) as conn:
+            return conn.execute(
+                select(session_holds.c.seq)
+                .join(sessions, sessions.c.id == session_holds.c.session_id)
+                .where(sessions.c.key == key, session_holds.c.hold_key == hold_key)
+            ).first() is not None
 
     def set_auto_extend(self, key: str, enabled: bool) -> None:
         with database.write_transaction(self.engine) as conn:
@@ -408,8 +448,8 @@ class SessionStore:
     # --- internals ------------------------------------------------------------------
 
     def _add_hold(self, key: str, seq: int, account: str, amount: int, rate_per_hour: int,
-                  actor: str, reason: str) -> None:
-        hold_key = f"{key}:hold:{seq}"
+                  actor: str, reason: str, *, hold_key: str | None = None) -> None:
+        hold_key = hold_key or f"{key}:hold:{seq}"
         # The hold's record comes first, so a crash right after placing the hold
         # still leaves settlement a way to find (and post or void) it.
         with database.write_transaction(self.engine) as conn:

@@ -19,7 +19,7 @@ from http.client import responses
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
-from ...quoting import quote_input
+from ...quoting import quote_input, unstorable_text
 from ..auth import has_scope, is_user
 from ..context import ServiceContext
 
@@ -58,6 +58,10 @@ class HubUserHandler(HubOAuthenticated, web.RequestHandler):
             except UserNotAllowed:
                 self.denied, model = model, None
         self._hub_auth_user_cache = model
+        for argument in self.path_args:
+            # Tornado decodes %00 in a path; nothing downstream (hub names, SQL) takes it.
+            if isinstance(argument, str) and (problem := unstorable_text(argument, "the URL")):
+                raise APIError(400, problem)
 
 
 class APIHandler(HubUserHandler):
@@ -107,6 +111,9 @@ class APIHandler(HubUserHandler):
             raise APIError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
+        problem = unstorable_text(body, "the request body")
+        if problem:
+            raise APIError(400, problem)
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise APIError(400, f"unknown field {quote_input(unknown[0])}; expected: "

@@ -26,6 +26,7 @@ import json
 
 from ...earning import MAX_BATCH, SERVER, EarningError
 from ...earning.store import MAX_PAYLOAD_BYTES
+from ...quoting import unstorable_text
 from ..auth import EVENTS
 from .base import APIError, APIHandler
 
@@ -58,6 +59,9 @@ def parse_batch(body: bytes) -> list:
                             f"{_json_type(batch)}")
     if len(batch) > MAX_BATCH:
         raise APIError(413, f"at most {MAX_BATCH} events at a time, got {len(batch)}")
+    problem = unstorable_text(batch, "the request body")
+    if problem:
+        raise APIError(400, problem + "; nothing in this batch was recorded")
     return batch
 
 

@@ -8,6 +8,8 @@ on rows no extension can have changed since — and each is expired
 (``expiry.py``), auto-extended (``autoextend.py``) or warned (``expiry.py``);
 idle GPUs about once a minute (``idle.py``); finally the stops just decided
 and those still pending go to the hub, outside the lock (``stops.py``).
+A stop asked for through the API (``stop_now``) is settled under the same
+lock and sent at once, not at the next tick.
 
 All of the meter's blocking work (the database, looking up the hub's host
 name) runs on its own small thread pool, never on asyncio's default one,
@@ -26,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from prometheus_client import Histogram
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Bool, Float, Int, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
@@ -33,6 +36,7 @@ from traitlets.config import LoggingConfigurable
 from ...catalog import InvalidHours, parse_hours
 from ...sessions.store import Session
 from .autoextend import AutoExtender, wants_auto_extend
+from .common import METER_ACTOR
 from .expiry import Expiry, is_expired
 from .idle import IdleGpus
 from .reconcile import ReconcilePlan, Reconciler
@@ -41,6 +45,13 @@ from .stops import PendingStop, StopQueue
 #: Threads of the meter's own pool (database work, the hub's host name): the tick's
 #: work is sequential, and one more lets an extension (under the meter's lock) run beside it.
 DB_THREADS = 2
+#: How many stops asked for through the API the meter remembers (to answer a repeat).
+STOPPED_ON_REQUEST_KEPT = 10_000
+#: How long each tick takes, in the service process (exposed by ``service/metrics.py`` from
+#: its own registry; ``registry=None`` keeps it out of prometheus_client's global one).
+TICK_SECONDS = Histogram("jupyterhub_credits_meter_tick_seconds", "Duration of a meter tick.",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                         registry=None)
 
 
 @dataclass
@@ -201,6 +212,8 @@ class Meter(LoggingConfigurable):
         self.reconciler = Reconciler(self)
         self._busy = False
         self._callback: PeriodicCallback | None = None
+        #: (user, server name) → key of the session ``stop_now`` last settled there.
+        self._stopped_on_request: dict[tuple[str, str], str] = {}
 
     # --- what the jobs share -------------------------------------------------------------
 
@@ -228,6 +241,39 @@ class Meter(LoggingConfigurable):
     @earning.setter
     def earning(self, service) -> None:
         self.idle.earning = service
+
+    async def stop_now(self, session: Session, *, reason: str, why: str, notice: str,
+                       actor: str = METER_ACTOR) -> Session | None:
+        """Settle ``session`` now with ``reason`` and ask the hub to stop its server at once
+        (a stop asked for by its owner or an admin, not decided by a tick).
+
+        Settled under the lock (as expiry is), so an extension is either in the
+        settlement or refused; the stop goes out right away, outside the lock,
+        and stays queued for the ticks until the hub confirms it. Returns the
+        settled session, or None when it was already ending or ended (a second
+        stop, expiry, the hub) or settling failed (reconciliation finishes it).
+        ``actor`` is who the ledger records as settling it (``user:<name>``).
+        """
+        async with self.lock:
+            current = await self.db(self.sessions.get, session.key)  # as it is now
+            if current is None or current.state not in ("starting", "running"):
+                return None
+            settled = await self.stops.settle_and_stop(current, reason=reason, end=self.clock(),
+                                                       why=why, notice=notice, actor=actor)
+        if not settled:
+            return None
+        where = (session.user, session.server_name)
+        self._stopped_on_request.pop(where, None)  # the newest last
+        self._stopped_on_request[where] = session.key
+        while len(self._stopped_on_request) > STOPPED_ON_REQUEST_KEPT:
+            del self._stopped_on_request[next(iter(self._stopped_on_request))]
+        await self.stops.send_now(session.key)
+        return await self.db(self.sessions.get, session.key)
+
+    def stopped_on_request(self, user: str, server_name: str) -> str | None:
+        """The key of the last session of this server that ``stop_now`` settled (recent ones
+        only, in this process), so a second stop can say it already happened."""
+        return self._stopped_on_request.get((user, server_name))
 
     def forget(self, still_open: set[str]) -> None:
         """Drop what the meter said about sessions that are over."""
@@ -330,5 +376,6 @@ class Meter(LoggingConfigurable):
         # Stops go out together and outside the lock: the hub may take seconds to answer.
         await self.stops.send(decided)
         report.seconds = time.perf_counter() - started
+        TICK_SECONDS.observe(report.seconds)
         self.last = report
         return report

@@ -37,16 +37,17 @@ class StopQueue(MeterJob):
         self.pending: dict[str, PendingStop] = {}
 
     async def settle_and_stop(self, session: Session, *, reason: str, end: datetime,
-                              why: str, notice: str) -> bool:
+                              why: str, notice: str, actor: str = METER_ACTOR) -> bool:
         """Settle at ``end`` (GPUs stay assigned until the process is gone), queue the stop.
 
         Called under the meter's lock. False if settling failed, or if someone
         else (the spawner, an earlier settlement) ended the session first: its
-        server is no business of ours then.
+        server is no business of ours then. ``actor``: the meter, or the person
+        whose request this is (``Meter.stop_now``).
         """
         try:
             settled = await self.db(self.sessions.settle, session.key, reason=reason, end=end,
-                                    actor=METER_ACTOR, release_gpus=False)
+                                    actor=actor, release_gpus=False)
         except Exception:  # noqa: BLE001 - next tick (or reconciliation) tries again
             self.log.exception("credits: settling session %s (%s) failed", session.key, reason)
             return False
@@ -70,6 +71,13 @@ class StopQueue(MeterJob):
                                for key in decided if key in self.pending))
         retries = [stop for stop in self.pending.values() if stop.key not in decided]
         await asyncio.gather(*(self._request(stop, first=False) for stop in retries))
+
+    async def send_now(self, key: str) -> None:
+        """Ask the hub at once for one stop just decided (outside a tick, e.g. a user's stop);
+        if the hub does not confirm, the next tick asks again."""
+        stop = self.pending.get(key)
+        if stop is not None:
+            await self._request(stop, first=True)
 
     async def stop_unpaid(self, user: str, server_name: str) -> None:
         """Stop a server that runs without an open session (once; reconciliation repeats)."""

@@ -22,8 +22,8 @@ from __future__ import annotations
 from ...sessions.usage import latest_gpu_utilization
 from ..auth import ADMIN
 from ..models import server_from_path, session_to_dict
-from .base import APIError, APIHandler
-from .freeze import MAX_REASON, _actor
+from .base import APIError, APIHandler, actor_of
+from .freeze import MAX_REASON
 from .sessions import parse_key, stop_message, stop_session
 
 #: A GPU sample older than this says nothing about the GPUs now.
@@ -61,7 +61,7 @@ class AdminStopAPIHandler(APIHandler):
         why = f"an administrator ({model.get('name')}) stopped it" + \
             (f": {reason!r}" if reason else "")
         settled = await stop_session(self, user, server_from_path(server), reason="admin",
-                                     actor=_actor(model), why=why, notice=notice)
+                                     actor=actor_of(model), why=why, notice=notice)
         context = self.credits
         session = session_to_dict(settled, context.clock(),
                                   notice=context.notices().get(settled.key))

@@ -20,8 +20,12 @@ from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
 from ...quoting import quote_input, unstorable_text
-from ..auth import has_scope, is_user
+from ..auth import READ, has_scope, is_user
 from ..context import ServiceContext
+from ..hub import HubUnavailable
+
+#: What a caller is told when the hub's REST API does not answer.
+HUB_DOWN = "the hub is not answering; try again shortly"
 
 
 class APIError(web.HTTPError):
@@ -64,6 +68,11 @@ class HubUserHandler(HubOAuthenticated, web.RequestHandler):
                 raise APIError(400, problem)
 
 
+def actor_of(model: dict) -> str:
+    """Who a write is recorded as: ``user:NAME`` for a person (an admin), ``service:NAME``."""
+    return f"{model.get('kind', 'user')}:{model.get('name')}"
+
+
 class APIHandler(HubUserHandler):
     @property
     def credits(self) -> ServiceContext:
@@ -99,6 +108,37 @@ class APIHandler(HubUserHandler):
         if not is_user(model):
             raise APIError(403, f"service {model.get('name')} has no credits of its own; "
                                 "use /api/users/{name}")
+        return model
+
+    # --- the hub's users -------------------------------------------------------------------
+
+    async def hub_user(self, name: str) -> dict | None:
+        """The hub's model of the user ``name``, None when there is none; 503 when the hub
+        does not answer."""
+        try:
+            return await self.credits.hub.user(name)
+        except HubUnavailable:
+            raise APIError(503, HUB_DOWN) from None
+
+    async def known_user(self, name: str) -> dict:
+        """The hub's model of the user ``name``; 404 when there is none."""
+        model = await self.hub_user(name)
+        if model is None:
+            raise APIError(404, f"no such user: {quote_input(name)}")
+        return model
+
+    async def readable_user(self, name: str) -> dict:
+        """The hub user ``name``, once the caller may read their credits.
+
+        ``custom:credits:read`` for that user (admins have it; ``!user=NAME`` and
+        ``!group=G`` filters count). The scope is checked before existence: whether a user
+        exists is not told to someone who may not read them.
+        """
+        self.require_login()
+        model = await self.hub_user(name)
+        self.require(READ, user=name, groups=(model or {}).get("groups") or ())
+        if model is None:
+            raise APIError(404, f"no such user: {quote_input(name)}")
         return model
 
     # --- JSON ------------------------------------------------------------------------------

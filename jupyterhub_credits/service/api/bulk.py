@@ -44,10 +44,8 @@ from ...ledger.errors import InvalidRequest
 from ...quoting import quote_input
 from ..auth import ADMIN
 from ..hub import HubUnavailable
-from .base import APIError, APIHandler
-from .freeze import _actor
+from .base import HUB_DOWN, APIError, APIHandler, actor_of
 from .grants import (
-    HUB_DOWN,
     KEY_PREFIX,
     OPERATIONS,
     apply_admin,
@@ -316,7 +314,7 @@ class BulkApplyAPIHandler(APIHandler):
         key = parse_key(body)
         lines = await resolve(self, request)
         results = await self.run(apply_lines, self.credits.ledger, request, lines, key,
-                                 _actor(model))
+                                 actor_of(model))
         counts = {status: sum(1 for r in results if r["status"] == status)
                   for status in ("applied", "duplicate", "error")}
         message = (f"{counts['applied']} of {len(results)} lines applied"

@@ -10,10 +10,8 @@ The answer is ``{"user", "frozen"}``.
 from __future__ import annotations
 
 from ...earning import EarningError
-from ...quoting import quote_input
 from ..auth import ADMIN
-from ..hub import HubUnavailable
-from .base import APIError, APIHandler
+from .base import APIError, APIHandler, actor_of
 
 MAX_REASON = 1000
 
@@ -29,22 +27,14 @@ class FreezeAPIHandler(APIHandler):
         reason = self.json_body({"reason"}).get("reason") or ""
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise APIError(400, f'"reason" must be text of at most {MAX_REASON} characters')
-        await self._known_user(name)
-        await self._call("freeze", name, actor=_actor(model), reason=reason)
+        await self.known_user(name)
+        await self._call("freeze", name, actor=actor_of(model), reason=reason)
         self.write_json({"user": name, "frozen": True, "reason": reason})
 
     async def delete(self, name: str):
         model = self.require(ADMIN)
-        await self._call("unfreeze", name, actor=_actor(model))
+        await self._call("unfreeze", name, actor=actor_of(model))
         self.write_json({"user": name, "frozen": False})
-
-    async def _known_user(self, name: str) -> None:
-        try:
-            hub_user = await self.credits.hub.user(name)
-        except HubUnavailable:
-            raise APIError(503, "the hub is not answering; try again shortly") from None
-        if hub_user is None:
-            raise APIError(404, f"no such user: {quote_input(name)}")
 
     async def _call(self, method: str, *args, **kwargs):
         earning = self.credits.earning
@@ -65,10 +55,6 @@ class UnfreezeAPIHandler(FreezeAPIHandler):
 
     async def delete(self, name: str):
         raise APIError(405, "POST here to lift a freeze")
-
-
-def _actor(model: dict) -> str:
-    return f"{model.get('kind', 'user')}:{model.get('name')}"
 
 
 default_handlers = [

@@ -40,8 +40,7 @@ from ...ledger.records import transfer_to_dict
 from ...quoting import quote_input
 from ..auth import ADMIN
 from ..hub import HubUnavailable
-from .base import APIError, APIHandler
-from .freeze import _actor
+from .base import HUB_DOWN, APIError, APIHandler, actor_of
 
 MAX_REASON = 1000
 #: Idempotency keys (contract: 1-100 characters, e.g. a uuid4 hex made with the form).
@@ -49,7 +48,6 @@ MAX_KEY = 100
 #: Admin keys live in their own namespace of ledger keys.
 KEY_PREFIX = "admin:"
 OPERATIONS = ("grant", "deduct")
-HUB_DOWN = "the hub is not answering; try again shortly"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -122,16 +120,6 @@ def check_name(value, what: str = "user") -> str:
 
 
 # --- the hub ---------------------------------------------------------------------------------
-
-
-async def require_hub_user(handler: APIHandler, name: str) -> None:
-    """404 unless the hub has a user ``name``; 503 when the hub does not answer."""
-    try:
-        found = await handler.credits.hub.user(name)
-    except HubUnavailable:
-        raise APIError(503, HUB_DOWN) from None
-    if found is None:
-        raise APIError(404, f"no such user: {quote_input(name)}")
 
 
 async def group_members(handler: APIHandler, name: str) -> list[str]:
@@ -214,7 +202,7 @@ class MoneyAPIHandler(APIHandler):
         except InvalidRequest as error:
             raise APIError(400, str(error)) from None
         if target == "user":
-            await require_hub_user(self, name)
+            await self.known_user(name)
         else:
             await group_members(self, name)
 
@@ -223,7 +211,7 @@ class MoneyAPIHandler(APIHandler):
         if body.get("expires_in_days") is not None:
             op["expires_in_days"] = body["expires_in_days"]
         try:
-            result = await self.run(apply_admin, self.credits.ledger, op, actor=_actor(model))
+            result = await self.run(apply_admin, self.credits.ledger, op, actor=actor_of(model))
         except (LedgerError, InvalidAmount) as error:
             raise refusal(error) from None
         who = name if target == "user" else f"the pool of group {name}"

@@ -30,9 +30,8 @@ from ...ledger.records import transfer_to_dict
 from ...ledger.reports import history_kinds, history_page
 from ...quoting import quote_input
 from ..auth import ADMIN
-from .base import APIError, APIHandler
+from .base import APIError, APIHandler, actor_of
 from .earnings import int_argument
-from .freeze import _actor
 from .grants import KEY_PREFIX, apply_admin, parse_key, parse_reason, refusal
 
 MAX_LIMIT = 200
@@ -73,7 +72,7 @@ class ReverseAPIHandler(APIHandler):
         op = {"op": "reverse", "key": KEY_PREFIX + key, "transfer": transfer_id,
               "reason": reason}
         try:
-            result = await self.run(apply_admin, self.credits.ledger, op, actor=_actor(model))
+            result = await self.run(apply_admin, self.credits.ledger, op, actor=actor_of(model))
         except (LedgerError, InvalidAmount) as error:
             raise refusal(error) from None
         reversal = result.transfer

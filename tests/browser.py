@@ -150,3 +150,21 @@ def logged_in(page):
         return page
 
     return log_in
+
+
+@pytest.fixture
+def person(hub, request):
+    """A user name of this test's own (a module using it has a ``hub`` fixture); whatever
+    server it starts is stopped afterwards."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))
+    name = name[:40].strip("-")
+    yield name
+    hub.stop_server(name)
+
+
+def type_hours(page, text: str):
+    """Clear the spawn form's hours box and type ``text`` key by key, as a person does."""
+    hours = page.locator("#credits-hours")
+    hours.fill("")
+    hours.press_sequentially(text)
+    return hours

@@ -15,6 +15,7 @@ import re
 import pytest
 
 from jupyterhub_credits.ledger import format_amount
+from tests.browser import type_hours
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the playwright package is not installed")
@@ -22,15 +23,6 @@ expect = sync_api.expect
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.browser,
               pytest.mark.hub(logins_earn=True)]
-
-
-@pytest.fixture
-def person(hub, request):
-    """A user name of this test's own; whatever server it starts is stopped afterwards."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))
-    name = name[:40].strip("-")
-    yield name
-    hub.stop_server(name)
 
 
 def open_credits(page):
@@ -91,9 +83,7 @@ def test_a_session_counts_down_is_extended_refused_and_stopped_from_the_page(
         hub, person, logged_in, screenshot):
     page = logged_in(hub, person)
     assert page.url.endswith("/hub/spawn"), page.url
-    hours = page.locator("#credits-hours")
-    hours.fill("")
-    hours.press_sequentially("1")
+    type_hours(page, "1")
     expect(page.locator("#credits-gpu-type")).to_have_value("none")  # CPU: the quickest
     page.get_by_role("button", name="Start").click()
     hub.wait_ready(person)

@@ -9,9 +9,9 @@ Start) and stops what it started.
 
 from __future__ import annotations
 
-import re
-
 import pytest
+
+from tests.browser import type_hours
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the playwright package is not installed")
@@ -25,25 +25,8 @@ LAB_READY_MS = 120_000
 SIGNUP_AND_LOGIN = 76_000  # units: 75 credits of signup bonus and 1 of daily login
 
 
-@pytest.fixture
-def person(hub, request):
-    """A user name of this test's own; whatever server it starts is stopped afterwards."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))
-    name = name[:40].strip("-")
-    yield name
-    hub.stop_server(name)
-
-
 def start_button(page):
     return page.get_by_role("button", name="Start")
-
-
-def type_hours(page, text: str):
-    """Clear the hours box and type ``text`` key by key, as a person does."""
-    hours = page.locator("#credits-hours")
-    hours.fill("")
-    hours.press_sequentially(text)
-    return hours
 
 
 def wait_for_jupyterlab(page) -> None:

@@ -40,7 +40,7 @@ from ..auth import ADMIN, has_scope
 from ..hub import HubUnavailable
 from ..models import quotas_to_dict, server_label, session_to_dict
 from .admin_users import SORTS, BadQuery, build_admin_users
-from .base import PageHandler
+from .base import PageHandler, page_error
 
 #: The sections of the panel, in the order of its nav: (``?tab=`` value, title).
 TABS = (
@@ -186,12 +186,6 @@ def _lot(lot) -> dict:
 
 
 # --- the handlers -----------------------------------------------------------------------
-
-def page_error(status: int, message: str) -> web.HTTPError:
-    """An error page saying ``message`` as it is (passed as an argument: a ``%`` in a user
-    name must not be read as a format)."""
-    return web.HTTPError(status, "%s", message)
-
 
 class AdminPage(PageHandler):
     """What both admin pages share: admins only, query arguments checked into a 400 page."""

@@ -67,6 +67,12 @@ def scope_names(model: dict | None) -> set[str]:
     return {scope.split("!", 1)[0] for scope in (model or {}).get("scopes") or ()}
 
 
+def page_error(status: int, message: str) -> web.HTTPError:
+    """An error page saying ``message`` as it is (passed as an argument: a ``%`` in a user
+    name must not be read as a format)."""
+    return web.HTTPError(status, "%s", message)
+
+
 class PageHandler(HubUserHandler):
     """A credits page: the caller from HubOAuth, rendered in the hub's ``page.html``.
 

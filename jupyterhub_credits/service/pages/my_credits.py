@@ -56,7 +56,7 @@ from ...ledger.reports import (
 from ...quoting import quote_input
 from ..auth import READ, SPEND, has_scope, is_user
 from ..models import session_to_dict
-from .base import PageHandler
+from .base import PageHandler, page_error
 
 #: History filters in the order the page offers them: (``?kind=`` value, label).
 KIND_FILTERS = (
@@ -307,11 +307,6 @@ def rule_text(rule) -> str:
 
 
 # --- the page -----------------------------------------------------------------------------
-
-
-def page_error(status: int, message: str) -> web.HTTPError:
-    """An error page saying ``message`` as it is (a ``%`` in it is not a format)."""
-    return web.HTTPError(status, "%s", message)
 
 
 class MyCreditsHandler(PageHandler):

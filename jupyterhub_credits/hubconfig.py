@@ -120,11 +120,13 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
     c.JupyterHub.extra_user_scopes = sorted(set(_get(c.JupyterHub, "extra_user_scopes", [])) | {
         f"access:services!service={SERVICE_NAME}", "custom:credits:read!user",
         "custom:credits:spend!user", "custom:credits:events!user"})
-    # A single-user server's token reports for its owner (events, time left);
-    # overriding a default role replaces its scopes, so start from the defaults.
+    # A single-user server's token reports for its owner (events, time left) and, from
+    # JupyterLab, extends its owner's session or switches auto-extend (spend): for its own
+    # user only. Overriding a default role replaces its scopes, so start from the defaults.
     _merge_role(roles, "server", [*_default_scopes("server"),
                                   f"access:services!service={SERVICE_NAME}",
-                                  "custom:credits:read!user", "custom:credits:events!user"])
+                                  "custom:credits:read!user", "custom:credits:spend!user",
+                                  "custom:credits:events!user"])
     admins = sorted(set(admin_users or []) | set(_get(c.Authenticator, "admin_users", [])))
     _merge_role(roles, "credits-admin", ["custom:credits:admin"], users=admins)
     c.JupyterHub.load_roles = roles

@@ -10,7 +10,10 @@ training sends one ``training_run`` event ``{"epochs", "steps", "duration_s",
 "metrics", "logdir"}`` with a fresh idempotency key per run through the process's
 :func:`~jupyterhub_credits.singleuser.reporter.get_reporter` (batched, retried with
 the same key, kept on disk if it cannot be sent yet). Sending never blocks training.
-Outside JupyterHub (no ``JUPYTERHUB_API_TOKEN``) it does nothing and warns once.
+It also appends the run to this server's runs journal (:mod:`.singleuser.runs`), which
+the JupyterLab credits panel lists; a journal that cannot be written costs a warning
+in the log, never the training. Outside JupyterHub (no ``JUPYTERHUB_API_TOKEN``) it
+does nothing and warns once.
 
 Importing ``jupyterhub_credits`` does not import TensorFlow or Keras; importing this
 module imports Keras (``keras`` 3, or ``tf_keras`` when ``TF_USE_LEGACY_KERAS=1``,
@@ -20,6 +23,7 @@ or ``tensorflow.keras`` on old TensorFlow).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import time
@@ -27,10 +31,14 @@ import uuid
 import warnings
 from datetime import datetime, timezone
 
+from .singleuser import runs as runs_journal
 from .singleuser.reporter import get_reporter
+
+log = logging.getLogger(__name__)
 
 EVENT_KIND = "training_run"
 _warned = False
+_journal_warned = False
 
 
 def _callback_base():
@@ -55,6 +63,22 @@ def _number(value):
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _journal(record: dict) -> None:
+    """Append the run to the runs journal; a failure is logged once, never raised."""
+    global _journal_warned
+    try:
+        runs_journal.append_run(record)
+    except Exception as error:  # noqa: BLE001 - a full disk or odd metrics must not stop fit
+        if not _journal_warned:
+            _journal_warned = True
+            log.warning("CreditsCallback: could not add the run to the runs journal (%s: %s); "
+                        "the credits panel will not list it", type(error).__name__, error)
 
 
 def _find_logdir(callback) -> str | None:
@@ -162,6 +186,8 @@ class CreditsCallback(_callback_base()):
         if reporter is None:
             return
         self.key = reporter.send(EVENT_KIND, payload, key=f"{EVENT_KIND}:{uuid.uuid4().hex}")
+        _journal(dict(payload, server=runs_journal.server_id(), key=self.key,
+                      started_at=_iso(self._started), ended_at=_iso(datetime.now(timezone.utc))))
 
     def _take_metrics(self, logs) -> None:
         for name, value in (logs or {}).items():

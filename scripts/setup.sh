@@ -41,3 +41,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
   echo "$wanted" > "$stamp"
 fi
+
+# An editable install skips data files: enable the server extension in the venv the way a
+# wheel install does (the same file, in the venv's etc/jupyter).
+mkdir -p .venv/etc/jupyter/jupyter_server_config.d
+cp jupyter-config/jupyter_server_config.d/jupyterhub_credits.json .venv/etc/jupyter/jupyter_server_config.d/
+
+# The JupyterLab extension: built with the venv's jlpm, linked into the venv (skipped when unchanged).
+bash scripts/build-labextension.sh

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/ensure-postgres.sh
+# The JupyterLab extension's unit tests (Jest) first: seconds, and they fail fast.
+(cd labextension && ../.venv/bin/jlpm test --silent)
 exec .venv/bin/python -m pytest "$@"

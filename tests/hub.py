@@ -112,6 +112,8 @@ class HubProcess:
             configure_credits(c, catalog_path={str(self.catalog)!r}, db_url={self.db_url!r},
                               spawner="simple", service_port={self.service_port},
                               meter_interval={self.meter_interval}, admin_users=["admin"])
+            # Servers stop at once: only the JupyterLab tests wait for the page to save.
+            c.Spawner.environment["JUPYTERHUB_CREDITS_STOP_GRACE"] = "0"
             c.JupyterHub.services.append({{"name": "tester", "api_token": {self.token!r}}})
             c.JupyterHub.load_roles.append({{
                 "name": "tester", "services": ["tester"],

@@ -98,16 +98,19 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/me/history"): Row(USER_READ),
     ("GET", "/api/me/earnings"): Row(USER_READ),
     ("GET", "/api/sessions"): Row(USER_READ),
+    # One server's status: always the caller's own (bob and admin have no session there).
+    ("GET", "/api/sessions/{server}"): Row(USER_READ, query={"runs": SECRET_EVENT_KEY}),
     # Prices and quotas: any authenticated caller (the spec says so), services included.
     ("GET", "/api/catalog"): Row("2xx    2xx    2xx    2xx    401    2xx"),
     ("GET", "/api/leaderboard"): Row(USER_READ),
     # Own events: an empty batch stores nothing.
     ("POST", "/api/events"): Row("2xx    2xx    2xx    2xx    401    403", body=[]),
-    # Own sessions: bob and admin have none; the server's token may not spend.
+    # Own sessions: bob and admin have none; the server's token spends for its owner only
+    # (extend and auto-extend from JupyterLab).
     ("POST", "/api/sessions/{server}/extend"):
-        Row("2xx    404    404    403    401    403", body={"auto_extend": False}),
+        Row("2xx    404    404    2xx    401    403", body={"auto_extend": False}),
     ("POST", "/api/sessions/{server}/stop"):
-        Row("404    404    404    403    401    403", body={}, params=NO_SERVER),
+        Row("404    404    404    404    401    403", body={}, params=NO_SERVER),
     # --- alice's, by name ---------------------------------------------------------------------
     ("GET", "/api/users/{user}"): Row(ALICE_READ),
     ("GET", "/api/users/{user}/lots"): Row(ALICE_READ),

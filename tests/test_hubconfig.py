@@ -53,6 +53,11 @@ def test_configure_credits_merges_with_existing_roles_and_scopes(tmp_path):
     assert roles["teachers"]["scopes"] == ["admin:users"]
     assert roles["credits-admin"]["users"] == ["root"]
     assert "users:activity!user" in roles["server"]["scopes"]  # the default kept
+    # A server's own token reads, reports and spends for its owner only (JupyterLab's extend).
+    assert {"custom:credits:read!user", "custom:credits:events!user",
+            "custom:credits:spend!user"} <= set(roles["server"]["scopes"])
+    assert not [scope for scope in roles["server"]["scopes"]
+                if scope.startswith("custom:credits:") and not scope.endswith("!user")]
     assert "custom:credits:read!user" in c.JupyterHub.extra_user_scopes
     service = next(s for s in c.JupyterHub.services if s["name"] == "credits")
     assert service["environment"]["JUPYTERHUB_CREDITS_DB_URL"].endswith("c.sqlite")

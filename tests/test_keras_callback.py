@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import warnings
+from datetime import datetime
 
 import pytest
 
 from jupyterhub_credits.singleuser import reporter as reporter_module
+from jupyterhub_credits.singleuser import runs
 from jupyterhub_credits.singleuser.reporter import EventReporter
 from tests.fake_credits import TOKEN, FakeCreditsService
 
@@ -39,6 +43,7 @@ def hub_env(service, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:9/hub/api")  # overridden below
     monkeypatch.setenv("JUPYTERHUB_CREDITS_API_URL", service.api_url)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("JUPYTERHUB_CREDITS_SESSION", "session-9")
     reporter_module._reset_shared_reporter()
     yield
     reporter_module._reset_shared_reporter()
@@ -89,6 +94,18 @@ def test_a_run_is_reported_once_with_its_details(service, hub_env, tmp_path):
     assert second["epochs"] == 2 and second["steps"] == 2 * (SAMPLES * 3 // 4 // BATCH)
     assert second["logdir"] is None
 
+    # each run is a line of the runs journal, for the JupyterLab panel
+    lines = [json.loads(line) for line in
+             runs.journal_path(tmp_path / "runtime").read_text().splitlines()]
+    assert [line["key"] for line in lines] == [first_key, callback.key]
+    assert lines[0] == dict(payload, server="session-9", key=first_key,
+                            started_at=lines[0]["started_at"], ended_at=lines[0]["ended_at"])
+    started, ended = (datetime.fromisoformat(lines[0][f].replace("Z", "+00:00"))
+                      for f in ("started_at", "ended_at"))
+    assert started <= ended and started.tzinfo is not None
+    assert runs.read_runs(runs.journal_path(tmp_path / "runtime"), "session-9")[0]["key"] == \
+        callback.key
+
 
 def test_a_failed_post_is_retried_with_the_same_key(service, hub_env, tmp_path):
     service.fail_next(503, "drop", "drop-after")
@@ -106,10 +123,27 @@ def test_a_failed_post_is_retried_with_the_same_key(service, hub_env, tmp_path):
     reporter.close()
 
 
-def test_outside_jupyterhub_nothing_is_sent_and_it_warns_once(service, monkeypatch):
+def test_a_journal_that_cannot_be_written_never_stops_training(service, hub_env, tmp_path,
+                                                               monkeypatch, caplog):
+    (tmp_path / "runtime").write_text("a file where the runtime directory should be")
+    monkeypatch.setattr(credits_keras, "_journal_warned", False)
+    reporter = EventReporter(service.api_url, TOKEN, state_path=None)
+    first, second = CreditsCallback(reporter=reporter), CreditsCallback(reporter=reporter)
+    with caplog.at_level(logging.WARNING, logger="jupyterhub_credits.keras"):
+        fit(first, epochs=1)
+        fit(second, epochs=1)
+    assert reporter.flush(timeout=20)
+    assert set(service.earned) == {first.key, second.key}  # the events went all the same
+    ours = [r for r in caplog.records if "runs journal" in r.getMessage()]
+    assert len(ours) == 1  # once, not per run
+    reporter.close()
+
+
+def test_outside_jupyterhub_nothing_is_sent_and_it_warns_once(service, monkeypatch, tmp_path):
     for name in list(os.environ):
         if name.startswith("JUPYTERHUB_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     reporter_module._reset_shared_reporter()
     monkeypatch.setattr(credits_keras, "_warned", False)
     with warnings.catch_warnings(record=True) as caught:
@@ -122,3 +156,4 @@ def test_outside_jupyterhub_nothing_is_sent_and_it_warns_once(service, monkeypat
     assert first.key is None and second.key is None
     assert first.summary["epochs"] == 1  # still recorded for the user
     assert reporter_module.get_reporter() is None and service.requests == []
+    assert not runs.journal_path().exists()  # no run was reported: none to list

@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
+import re
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 import pytest
 import requests
 
-from jupyterhub_credits.singleuser import gpu
+from jupyterhub_credits.singleuser import gpu, runs, stopping, tensorboard
 from jupyterhub_credits.singleuser.extension import (
     ActivityCounter,
     CreditsState,
@@ -30,7 +29,9 @@ from jupyterhub_credits.singleuser.reporter import (
     _host_tag,
     service_api_url,
 )
+from jupyterhub_credits.singleuser.status import ServiceError, ServiceStatus, tensorboard_run_url
 from tests.fake_credits import TOKEN, FakeCreditsService
+from tests.jupyter_process import JupyterProcess, hub_environment
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,6 +243,14 @@ def test_sampler_reports_each_finished_minute_once_with_a_stable_key():
                          {"index": 1, "util": 80.0, "mem_used_mb": 4096}]})]
     assert sampler.stop()[0]["minute"] == "2026-01-01T12:01:00+00:00"  # the minute in progress
     assert len(sent) == 2 and sampler.latest == sent[-1][2]
+    # the panel's sparkline: the mean over this server's GPUs, per minute, bounded
+    assert sampler.utilization_history() == [
+        {"minute": "2026-01-01T12:00:00+00:00", "utilization": 50.0},
+        {"minute": "2026-01-01T12:01:00+00:00", "utilization": 50.0}]
+    sampler._emit([{"minute": str(i), "gpus": []} for i in range(100)])
+    history = sampler.utilization_history()
+    assert len(history) == gpu.HISTORY_MINUTES and history[-1] == {"minute": "99",
+                                                                   "utilization": 0.0}
 
 
 def test_no_nvml_means_no_sampler(monkeypatch):
@@ -309,6 +318,7 @@ def test_status_outside_jupyterhub_says_so_without_calling_anything():
     assert not state.enabled
     answer = asyncio.run(state.status())
     assert answer["available"] is False and "JupyterHub" in answer["error"]
+    assert answer["can_spend"] is False and answer["runs"] == [] and answer["balance"] is None
 
 
 def test_scrub_removes_anything_token_like():
@@ -318,100 +328,309 @@ def test_scrub_removes_anything_token_like():
 
 def test_importing_the_package_imports_no_tensorflow():
     code = ("import sys, jupyterhub_credits, jupyterhub_credits.singleuser.reporter, "
-            "jupyterhub_credits.singleuser.gpu, jupyterhub_credits.singleuser.extension; "
-            "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'pynvml') "
+            "jupyterhub_credits.singleuser.gpu, jupyterhub_credits.singleuser.extension, "
+            "jupyterhub_credits.singleuser.tensorboard; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'pynvml', 'tensorboard') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
 
+# -- the service status client: cache, single flight, backoff --------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class ScriptedService:
+    """The client's ``fetch``: answers or failures in order, counted; ``gate`` holds them."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.calls: list[list[str]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, runs, timeout):
+        self.calls.append(runs)
+        if self.gate is not None:
+            await self.gate.wait()
+        step = self.script.pop(0) if self.script else {"available": "1.00"}
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def make_client(service, clock, **kwargs) -> ServiceStatus:
+    return ServiceStatus("http://credits.invalid/api", TOKEN, "default", fetch=service,
+                         clock=clock, **kwargs)
+
+
+def test_many_callers_share_one_request_and_its_answer_lives_ttl_seconds():
+    async def scenario():
+        clock, service = Clock(), ScriptedService({"available": "1.00"}, {"available": "2.00"})
+        client = make_client(service, clock, ttl=30)
+        service.gate = asyncio.Event()
+        callers = [asyncio.ensure_future(client.get(runs=["k1"])) for _ in range(25)]
+        await asyncio.sleep(0)  # let them all reach the request in flight
+        service.gate.set()
+        answers = await asyncio.gather(*callers)
+        assert len(service.calls) == 1 and service.calls[0] == ["k1"]
+        assert {a.answer["available"] for a in answers} == {"1.00"}
+        assert answers[0].error is None and answers[0].fetched_at.endswith("Z")
+        clock.now += 29.9
+        assert (await client.get()).answer["available"] == "1.00" and len(service.calls) == 1
+        clock.now += 0.1
+        assert (await client.get()).answer["available"] == "2.00" and len(service.calls) == 2
+        # refresh asks again, but not twice within 2 s
+        clock.now += 1.5
+        await client.get(refresh=True)
+        assert len(service.calls) == 2
+        clock.now += 0.5
+        await client.get(refresh=True)
+        assert len(service.calls) == 3
+        # one caller giving up (a closed tab) does not cancel the request the others wait on
+        service.gate.clear()
+        clock.now += 30
+        first, second = asyncio.ensure_future(client.get()), asyncio.ensure_future(client.get())
+        await asyncio.sleep(0)
+        first.cancel()
+        service.gate.set()
+        assert (await second).error is None and len(service.calls) == 4
+
+    asyncio.run(scenario())
+
+
+def test_failures_back_off_and_keep_the_last_good_answer():
+    async def scenario():
+        clock = Clock()
+        down = ServiceError("The credits service is not answering")
+        service = ScriptedService({"available": "5.00"}, *[down] * 8, {"available": "6.00"})
+        client = make_client(service, clock, ttl=30)
+        assert (await client.get()).answer["available"] == "5.00"
+        delays = []
+        for _ in range(8):
+            clock.now += 30 if not delays else delays[-1]
+            snap = await client.get()
+            delays.append(snap.retry_in)
+            assert snap.answer["available"] == "5.00"  # the last good answer, still served
+            assert snap.error == f"The credits service is not answering; trying again in " \
+                                 f"{snap.retry_in} s"
+            # while backing off nobody asks, refresh or not
+            clock.now += 1
+            calls = len(service.calls)
+            again = await client.get(refresh=True)
+            assert len(service.calls) == calls and again.retry_in == snap.retry_in - 1
+            clock.now -= 1
+        assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
+        clock.now += 300
+        snap = await client.get()
+        assert snap.answer["available"] == "6.00" and snap.error is None and snap.retry_in is None
+        # force (the user acted, or the server stops) asks even while backing off
+        service.script = [down]
+        clock.now += 31
+        assert (await client.get()).retry_in == 5
+        calls = len(service.calls)
+        await client.get(force=True)
+        assert len(service.calls) == calls + 1
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_service_times_out_as_not_answering():
+    async def scenario():
+        async def hangs(runs, timeout):
+            await asyncio.sleep(60)
+
+        client = ServiceStatus("http://credits.invalid/api", TOKEN, "gpu1", fetch=hangs,
+                               clock=Clock())
+        started = time.monotonic()
+        snap = await client.get(timeout=0.05)
+        assert time.monotonic() - started < 5
+        assert snap.answer is None and snap.error.startswith("The credits service is not")
+
+    asyncio.run(scenario())
+
+
+def test_the_client_asks_the_server_status_with_the_server_token(service):
+    service.outcomes["training_run:a"] = {"outcome": "earned", "points": 2, "rule": "r"}
+
+    async def scenario():
+        client = ServiceStatus(service.api_url, TOKEN, "gpu 1/x")
+        snap = await client.get(runs=["training_run:a", "training_run:b"])
+        assert snap.error is None and snap.answer["server_label"] == "gpu 1/x"
+        assert snap.answer["runs"] == [{"outcome": "earned", "points": 2, "rule": "r",
+                                        "key": "training_run:a"}]
+        assert TOKEN not in repr(client)
+        service.get_failures.extend([503, "drop"])
+        for words in ("answered HTTP 503", "is not answering"):
+            await client.get(force=True)
+            assert words in client.error
+
+    asyncio.run(scenario())
+    (request,) = service.status_requests()[:1]
+    assert request["authorization"] == f"token {TOKEN}"
+    assert request["path"] == ("/services/credits/api/sessions/gpu%201%2Fx?runs="
+                               "training_run%3Aa%2Ctraining_run%3Ab")
+
+
+# -- the runs journal -----------------------------------------------------------------------
+
+def run_line(key, server="s-1", **fields) -> dict:
+    return dict({"server": server, "key": key, "started_at": "2026-01-01T00:00:00Z",
+                 "ended_at": "2026-01-01T00:01:00Z", "epochs": 2, "steps": 8,
+                 "duration_s": 60.5, "metrics": {"loss": 0.25}, "logdir": None}, **fields)
+
+
+def test_the_journal_keeps_this_servers_newest_runs_and_survives_a_torn_line(tmp_path):
+    path = runs.journal_path(tmp_path)
+    for i in range(250):
+        runs.append_run(run_line(f"k{i}", server="s-1" if i % 2 == 0 else "s-2"), path)
+    with open(path, "ab") as handle:
+        handle.write(b'{"server": "s-1", "key": "torn", "epo')  # a kernel killed mid-write
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    newest = runs.read_runs(path, "s-1")
+    assert [r["key"] for r in newest] == [f"k{i}" for i in range(248, 228, -2)]
+    assert newest[0] == {"key": "k248", "started_at": "2026-01-01T00:00:00Z",
+                         "ended_at": "2026-01-01T00:01:00Z", "epochs": 2, "steps": 8,
+                         "duration_s": 60.5, "metrics": {"loss": 0.25}, "logdir": None}
+    # only the journal's last 200 lines count: s-2's old runs are out of reach
+    assert len(runs.read_runs(path, "s-2", shown=500)) == 100
+    assert runs.read_runs(tmp_path / "none.jsonl", "s-1") == []
+    # whatever a kernel wrote, the browser gets typed, bounded fields
+    runs.append_run({"server": "s-1", "key": "odd", "epochs": "many", "metrics": {
+        "ok": 1.5, "bad": "x", "inf": None}, "logdir": 42, "extra": "dropped"}, path)
+    odd = runs.read_runs(path, "s-1")[0]
+    assert odd["key"] == "odd" and odd["epochs"] is None and odd["metrics"] == {"ok": 1.5}
+    assert odd["logdir"] is None and "extra" not in odd
+
+
+def test_runs_are_held_until_no_reporter_file_has_them_and_outcomes_are_remembered(tmp_path):
+    path = runs.journal_path(tmp_path)
+    for key in ("x,y z", "a", "b", "c"):  # the first can never be an event key
+        runs.append_run(run_line(key), path)
+    # a kernel still holding "b" unsent
+    (tmp_path / f"{STATE_PREFIX}host-123.json").write_text(json.dumps({"version": 1, "events": [
+        {"kind": "training_run", "key": "b", "time": "t", "payload": {}}]}))
+    (tmp_path / f"{STATE_PREFIX}host-124.json").write_text("{torn")
+
+    class ServerReporter:  # the server's own: it adopted "c" and has sent it already
+        def pending_keys(self):
+            return []
+
+        def outcome(self, key):
+            return {"key": "c", "outcome": "earned", "points": 3, "reason": None} \
+                if key == "c" else None
+
+    view = runs.RunsView("s-1", tmp_path, reporter=ServerReporter())
+    listed = view.runs()
+    assert [(r["key"], r["state"]) for r in listed] == [
+        ("c", "sent"), ("b", "held"), ("a", "sent"), ("x,y z", "sent")]
+    assert listed[0]["outcome"] == {"outcome": "earned", "points": 3, "rule": None, "reason": None}
+    assert view.lacking_outcome(listed) == ["a"]  # held ones are not asked about
+    view.learn([{"key": "a", "outcome": "capped", "points": 0, "rule": "runs",
+                 "reason": "daily cap reached", "extra": 1}, {"key": 5}, "junk"])
+    assert view.runs()[2]["outcome"] == {"outcome": "capped", "points": 0, "rule": "runs",
+                                         "reason": "daily cap reached"}
+    assert view.lacking_outcome(view.runs()) == []
+
+
+@pytest.mark.parametrize("logdir, expected", [
+    ("logs/fit-1", "?runFilter=%5Elogs%2Ffit-1%28%2F%7C%24%29#timeseries"),
+    ("a (b)+c", "?runFilter=%5Ea%20%5C%28b%5C%29%5C%2Bc%28%2F%7C%24%29#timeseries"),
+    (".", "#timeseries"),  # the root itself: every run
+    ("../elsewhere", None),  # outside the root: TensorBoard cannot see it
+])
+def test_tensorboard_links_select_the_runs_of_one_logdir(tmp_path, logdir, expected):
+    root = tmp_path / "root"
+    root.mkdir()
+    url = tensorboard_run_url("/user/alice/gpu1/tensorboard/", str(root / logdir), str(root))
+    assert url == (None if expected is None else "/user/alice/gpu1/tensorboard/" + expected)
+    if expected and "runFilter" in expected:
+        regex = unquote(expected.split("=", 1)[1].split("#")[0])
+        relative = os.path.normpath(logdir)
+        assert re.search(regex, f"{relative}/train") and re.search(regex, relative)
+        assert not re.search(regex, f"{relative}x/train")
+    assert tensorboard_run_url(None, str(root), str(root)) is None
+
+
+def test_the_stop_event_falls_back_to_plain_words():
+    assert stopping.stop_event({"reason": "expired", "message": "its paid time ended",
+                                "at": "2026-01-01T00:00:00Z"}, 3) == {
+        "reason": "expired", "message": "its paid time ended", "at": "2026-01-01T00:00:00Z",
+        "grace_seconds": 3}
+    plain = stopping.stop_event(None, 0)
+    assert (plain["reason"], plain["message"], plain["grace_seconds"]) == \
+        ("stopped", "Your server was stopped", 0)
+    assert datetime.fromisoformat(plain["at"].replace("Z", "+00:00")).tzinfo is not None
+    assert stopping.grace_from_env({}) == 3 and stopping.grace_from_env(
+        {stopping.GRACE_ENV: "0"}) == 0 and stopping.grace_from_env(
+        {stopping.GRACE_ENV: "soon"}) == 3
+
+
+def test_tensorboard_entry_point_serves_the_notebook_root_under_the_base_url(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tensorboard.setup_tensorboard()
+    assert config["command"][:3] == [sys.executable, "-m", "tensorboard.main"]
+    args = dict(zip(config["command"][3::2], config["command"][4::2]))
+    assert args == {"--logdir": str(tmp_path), "--port": "{port}", "--host": "127.0.0.1",
+                    "--path_prefix": "{base_url}tensorboard", "--reload_interval": "5"}
+    assert config["absolute_url"] is True and config["timeout"] >= 60
+    assert config["new_browser_tab"] is True
+    assert config["launcher_entry"]["title"] == "TensorBoard"
+    assert Path(config["launcher_entry"]["icon_path"]).read_text().startswith("<svg")
+    # a directory name with braces is not a template field for jupyter-server-proxy
+    odd = tmp_path / "{port}"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    logdir = dict(zip(*[iter(tensorboard.setup_tensorboard()["command"][3:])] * 2))["--logdir"]
+    assert logdir.format(port=1, base_url="/") == str(odd)
+
+
 # -- the extension in a real Jupyter server --------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def jupyter_server(service, tmp_path):
     """A real ``jupyter server`` with our shipped config file and JupyterHub's environment."""
-    config_dir = tmp_path / "config" / "jupyter_server_config.d"
-    config_dir.mkdir(parents=True)
-    shutil.copy(ROOT / "jupyter-config" / "jupyter_server_config.d" / "jupyterhub_credits.json",
-                config_dir)
-    # the other extensions installed here only slow the start down
-    (tmp_path / "config" / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {
-        "jpserver_extensions": {name: False for name in (
-            "jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_server_terminals")}}}))
-    runtime = tmp_path / "runtime"
-    runtime.mkdir()
+    server = JupyterProcess(tmp_path, hub_environment(service))
     # a kernel that died with an unsent training run, on this host
-    orphan = runtime / f"{STATE_PREFIX}{_host_tag()}-{dead_pid()}.json"
-    orphan.write_text(json.dumps({"version": 1, "events": [
+    server.orphan = server.runtime / f"{STATE_PREFIX}{_host_tag()}-{dead_pid()}.json"
+    server.orphan.write_text(json.dumps({"version": 1, "events": [
         {"kind": "training_run", "key": "training_run:left-behind",
          "time": "2026-01-01T00:00:00+00:00",
          "payload": {"epochs": 1, "steps": 2, "duration_s": 3.0, "metrics": {}, "logdir": None}}]}))
-    port, login = _free_port(), "browser-login-token"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "JUPYTER_"))}
-    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(runtime),
-               JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTERHUB_API_TOKEN=TOKEN,
-               JUPYTERHUB_API_URL=f"{service.url}/hub/api", JUPYTERHUB_USER="alice",
-               JUPYTERHUB_SERVER_NAME="", JUPYTERHUB_CREDITS_SESSION="session-1",
-               PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-         f"--IdentityProvider.token={login}", f"--ServerApp.root_dir={tmp_path}"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path)
-    lines, ready = [], threading.Event()
-
-    def read():
-        for line in process.stderr:
-            lines.append(line)
-            if "is running at" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert ready.wait(60) and process.poll() is None, "".join(lines)
-        # it logs "running" before the event loop binds the port: poll until it accepts
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
-                threading.Event().wait(0.05)  # the poll's pace
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", login=login, lines=lines,
-                              orphan=orphan)
-    finally:
-        process.terminate()
-        process.wait(30)
+    with server:
+        yield server
 
 
 def test_extension_in_a_real_server_proxies_status_without_the_token(service, jupyter_server):
     server = jupyter_server
-    assert any("jupyterhub_credits: loaded (reporting on)" in line for line in server.lines), \
-        "".join(server.lines)
-    service.me = dict(service.me, oauth_token="must-not-reach-the-browser")
+    assert "jupyterhub_credits: loaded (reporting on" in server.log(), server.log()
+    service.statuses["default"] = {"session": {"gpu_type": "a100", "seconds_left": 60,
+                                               "oauth_token": "must-not-reach-the-browser"},
+                                   "available": "12.50", "reserved": "3.00"}
     anonymous = requests.get(f"{server.url}/credits/status", timeout=10)
     assert anonymous.status_code == 403
-    response = requests.get(f"{server.url}/credits/status", timeout=10,
-                            headers={"Authorization": f"token {server.login}"})
+    response = requests.get(f"{server.url}/credits/status", timeout=10, headers=server.headers)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["available"] is True and body["user"] == "alice"
-    assert body["me"] == {"user": "alice", "balance": "12.50", "sessions": []}
-    assert body["reporter"]["pending"] >= 0 and body["gpu"] is None
+    assert body["available"] is True and body["user"] == "alice" and body["error"] is None
+    assert body["balance"] == {"available": "12.50", "reserved": "3.00"}
+    assert body["me"] == {"user": "alice", "available": "12.50", "reserved": "3.00",
+                          "sessions": [{"gpu_type": "a100", "seconds_left": 60}]}
+    assert body["reporter"]["pending"] >= 0 and body["gpu"] is None and body["gpu_history"] is None
+    assert body["server"] == {"name": "", "label": "default", "id": "session-1"}
+    # the login token's user is not the hub user alice: reads, cannot spend
+    assert body["viewer"] != "alice" and body["can_spend"] is False
     everything = response.text + json.dumps(dict(response.headers))
     assert TOKEN not in everything and "must-not-reach" not in everything
-    gets = [r for r in service.requests if r["method"] == "GET"]
-    assert [(r["path"], r["authorization"]) for r in gets] == \
-        [("/services/credits/api/me", f"token {TOKEN}")]
+    assert [(r["path"], r["authorization"]) for r in service.status_requests()] == \
+        [("/services/credits/api/sessions/default", f"token {TOKEN}")]
     # the dead kernel's training run was adopted and sent with the server's token
     wait_for(lambda: "training_run:left-behind" in service.earned, timeout=20,
              what="the run left behind to be delivered")

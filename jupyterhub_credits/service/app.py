@@ -22,6 +22,7 @@ Routes, under the service prefix (``/services/credits/``):
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from urllib.parse import urlparse
@@ -112,8 +113,15 @@ class CreditsService(Application):
     hub_timeout = Float(20, config=True,
                         help="Seconds to wait for the hub's REST API before giving up a call.")
 
-    auth_cache_max_age = Float(60, config=True, help="""Seconds the hub's answer about a
-        token (its user and scopes) is reused before asking the hub again.""")
+    auth_cache_max_age = Float(300, config=True, help="""Seconds the hub's answer about a
+        token (its user and scopes) is reused before asking the hub again. Every
+        single-user server polls the service with its own token every 30 s, so the hub
+        is asked about N servers' tokens about N / max(this, 30) times a second: at 60 s,
+        10,000 servers cost the hub 111-167 token checks/s, most of what one hub process
+        answers (bench/lab_poll.py, 2 cores: 140-300/s), beside its own work; at 300 s,
+        30-33/s. The price: a revoked token (a stopped server's) keeps working here for up to
+        this long. The cache (jupyterhub.services.auth) holds one entry per token seen,
+        dropped once older than this: 10,000 tokens are a few MB.""")
 
     capacity = Enum(["auto", "local", "none"], "auto", config=True, help="""Where
         /api/catalog's free GPU counts come from. "local": this machine's GPUs
@@ -220,6 +228,12 @@ class CreditsService(Application):
     async def serve(self) -> None:
         context = self.make_context()
         app = self.make_app(context)
+        # What start-up made (modules, catalog, engines: ~150,000 objects) lives as long as
+        # the process: out of the garbage collector's full passes, which otherwise walk it
+        # every few seconds under load, each a pause of ~100 ms for every request in
+        # flight (bench/lab_poll.py, 64 polls in flight: p99 180-200 ms, now ~100 ms).
+        gc.collect()
+        gc.freeze()
         url = urlparse(self.bind_url or self.service_url)
         self.make_server(app).listen(url.port, url.hostname)
         self.log.info("credits service listening on %s%s", self.service_url, self.service_prefix)

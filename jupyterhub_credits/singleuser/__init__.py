@@ -4,7 +4,12 @@
   the credits service with the server's own token and retries with the same
   idempotency keys; unsent events survive a restart in a small JSON file.
 - :mod:`.extension`: the Jupyter Server extension (activity minutes, GPU sampler,
-  ``GET /credits/status`` proxied server-side so no token reaches the browser).
+  the credits panel's API) and its parts: :mod:`.handlers` (``GET credits/status``,
+  ``POST credits/extend``, answered server-side so no token reaches the browser),
+  :mod:`.status` (the cached, single-flight, backing-off client of the credits
+  service), :mod:`.runs` (the training-runs journal), :mod:`.stopping` (the stop
+  announced to the open pages, with time to save), :mod:`.tensorboard` (the
+  jupyter-server-proxy entry point).
 - :mod:`.gpu`: the NVML sampler and its pure per-minute summariser.
 
 Importing this package imports neither jupyter_server nor NVML nor TensorFlow.

@@ -24,7 +24,7 @@ import math
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 log = logging.getLogger(__name__)
 
 EVENT_KIND = "gpu_utilization"
+#: Finished minutes kept for the panel's sparkline (``GpuSampler.history``).
+HISTORY_MINUTES = 60
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,9 @@ class GpuSampler:
         self.on_summary = on_summary
         self.clock = clock
         self.latest: dict | None = None  # the last finished minute
+        # The last hour of minute summaries, oldest first: bounded so a server that runs
+        # for weeks keeps a constant amount.
+        self.history: deque[dict] = deque(maxlen=HISTORY_MINUTES)
         self.errors = 0
         self._samples: list[GpuSample] = []
         self._lock = threading.Lock()
@@ -225,10 +230,18 @@ class GpuSampler:
     def _emit(self, payloads: list[dict]) -> None:
         for payload in payloads:
             self.latest = payload
+            self.history.append(payload)
             if self.reporter is not None:
                 self.reporter.send(EVENT_KIND, payload, key=event_key(self.server_id, payload))
             if self.on_summary is not None:
                 self.on_summary(payload)
+
+    def utilization_history(self) -> list[dict]:
+        """``[{"minute", "utilization"}]``, oldest first: the mean over this server's GPUs."""
+        return [{"minute": payload["minute"],
+                 "utilization": round(sum(g["util"] for g in payload["gpus"])
+                                      / len(payload["gpus"]), 1) if payload["gpus"] else 0.0}
+                for payload in list(self.history)]
 
     def _run(self) -> None:
         while True:

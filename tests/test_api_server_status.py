@@ -15,23 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 import requests
-from jupyterhub.services.auth import HubOAuth
 from sqlalchemy import event, update
-from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 from jupyterhub_credits.earning import EarningService, day_start, earning_rules
 from jupyterhub_credits.earning.store import TODAY_TTL
 from jupyterhub_credits.ledger.records import iso
 from jupyterhub_credits.service.api.server_status import MAX_RUNS, StatusReader
-from jupyterhub_credits.service.app import CreditsService
 from jupyterhub_credits.service.models import session_to_dict
 from jupyterhub_credits.sessions.schema import sessions
 from jupyterhub_credits.sessions.status import (
@@ -42,12 +36,10 @@ from jupyterhub_credits.sessions.status import (
     server_statuses,
 )
 from jupyterhub_credits.sessions.store import SessionStore
-from tests.hub import CATALOG
+from tests.service_thread import ACCESS, PREFIX, ServiceThread
 from tests.waiting import wait_for, wait_for_async
 
-PREFIX = "/services/credits/"
 SERVICE_TOKEN = "service-token-for-status"
-ACCESS = "access:services!service=credits"
 
 
 def user_model(name: str, *scopes: str, kind: str = "user") -> dict:
@@ -67,38 +59,12 @@ TOKENS = {
 }
 
 
-class FakeHubUser(web.RequestHandler):
-    """``GET /hub/api/user``: the owner of the token; counts the questions per token."""
-
-    def get(self):
-        token = self.request.headers.get("Authorization", "").partition(" ")[2]
-        asked = self.settings["asked"]
-        asked[token] = asked.get(token, 0) + 1
-        if token not in TOKENS:
-            raise web.HTTPError(403)
-        self.write(TOKENS[token])
-
-
-class LocalService:
-    """The credits service (no meter) and a stand-in hub on one loop in a background thread."""
+class LocalService(ServiceThread):
+    """The credits service (no meter) and a stand-in hub that counts its questions."""
 
     def __init__(self, db_url: str, clock):
-        self.loop = asyncio.new_event_loop()
-        self.hub_socket, hub_port = bind_unused_port()
-        self.service_socket, port = bind_unused_port()
-        self.url = f"http://127.0.0.1:{port}{PREFIX}api"
-        self.service = CreditsService(
-            db_url=db_url, catalog_path=str(CATALOG),
-            hub_api_url=f"http://127.0.0.1:{hub_port}/hub/api", api_token=SERVICE_TOKEN,
-            service_url=f"http://127.0.0.1:{port}", service_prefix=PREFIX, run_meter=False,
-            capacity="none", earnings_pay_interval=0)
-        self.context = self.service.make_context(clock=clock)
-        self.app = self.service.make_app(self.context)
-        hub_auth: HubOAuth = self.app.settings["hub_auth"]
-        hub_auth.access_scopes = {ACCESS}
-        self.asked: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._started = threading.Event()
+        super().__init__(db_url, tokens=TOKENS, service_token=SERVICE_TOKEN, clock=clock)
+        self.url = f"{self.base_url}{PREFIX}api"
 
     @property
     def ledger(self):
@@ -107,28 +73,6 @@ class LocalService:
     @property
     def store(self) -> SessionStore:
         return self.context.sessions
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-
-        async def start():
-            hub = web.Application([(r"/hub/api/user", FakeHubUser)], asked=self.asked)
-            HTTPServer(hub).add_sockets([self.hub_socket])
-            self.service.make_server(self.app).add_sockets([self.service_socket])
-
-        self.loop.run_until_complete(start())
-        self._started.set()
-        self.loop.run_forever()
-
-    def __enter__(self):
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.ledger.close()
 
     def call(self, method: str, path: str, token: str | None = "alice-server", **kwargs):
         headers = {"Authorization": f"token {token}"} if token else {}

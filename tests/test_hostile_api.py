@@ -11,30 +11,22 @@ Both run on one event loop in a background thread; the tests call them with
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
 import requests
-from jupyterhub.services.auth import HubOAuth
-from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 from jupyterhub_credits.earning.decide import MAX_KEY_LENGTH
 from jupyterhub_credits.earning.store import MAX_BATCH, MAX_PAYLOAD_BYTES
 from jupyterhub_credits.service.api.events import MAX_BODY_BYTES
 from jupyterhub_credits.service.app import CreditsService
-from tests.hub import CATALOG
+from tests.service_thread import ACCESS, PREFIX, ServiceThread
 
-PREFIX = "/services/credits/"
 SERVICE_TOKEN = "service-token-0123456789"
-ACCESS = "access:services!service=credits"
 #: Nothing a refusal says should be longer than this (it quotes at most ~40 characters).
 SHORT = 300
 
@@ -59,70 +51,13 @@ TOKENS = {
 HUB_USERS = {"alice": TOKENS["alice-token"], "a%41b": user_model("a%41b")}
 
 
-class FakeHubUser(web.RequestHandler):
-    """``GET /hub/api/user``: the owner of the token in the Authorization header."""
-
-    def get(self):
-        token = self.request.headers.get("Authorization", "").partition(" ")[2]
-        if token not in TOKENS:
-            raise web.HTTPError(403)
-        self.write(TOKENS[token])
-
-
-class FakeHubUsers(web.RequestHandler):
-    """``GET /hub/api/users/{name}``, for the service's own token only."""
-
-    def get(self, name):
-        if self.request.headers.get("Authorization") != f"token {SERVICE_TOKEN}":
-            raise web.HTTPError(403)
-        if name not in HUB_USERS:
-            raise web.HTTPError(404)
-        self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(HUB_USERS[name]))
-
-
-class RunningService:
-    """The credits service and a stand-in hub on one event loop in a background thread."""
+class RunningService(ServiceThread):
+    """The credits service on a SQLite ledger and a stand-in hub (tests/service_thread.py)."""
 
     def __init__(self, tmp_path, **config):
-        self.loop = asyncio.new_event_loop()
-        self.hub_socket, hub_port = bind_unused_port()
-        self.service_socket, port = bind_unused_port()
-        self.url = f"http://127.0.0.1:{port}{PREFIX.rstrip('/')}"
-        self.service = CreditsService(
-            db_url=f"sqlite:///{tmp_path / 'credits.sqlite'}", catalog_path=str(CATALOG),
-            hub_api_url=f"http://127.0.0.1:{hub_port}/hub/api", api_token=SERVICE_TOKEN,
-            service_url=f"http://127.0.0.1:{port}", service_prefix=PREFIX, run_meter=False,
-            capacity="none", earnings_pay_interval=0, **config)
-        self.context = self.service.make_context()
-        self.app = self.service.make_app(self.context)
-        self.hub_auth: HubOAuth = self.app.settings["hub_auth"]
-        self.hub_auth.access_scopes = {ACCESS}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._started = threading.Event()
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-
-        async def start():
-            hub = web.Application([(r"/hub/api/user", FakeHubUser),
-                                   (r"/hub/api/users/([^/]+)", FakeHubUsers)])
-            HTTPServer(hub).add_sockets([self.hub_socket])
-            self.service.make_server(self.app).add_sockets([self.service_socket])
-
-        self.loop.run_until_complete(start())
-        self._started.set()
-        self.loop.run_forever()
-
-    def __enter__(self):
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.context.ledger.close()
+        super().__init__(f"sqlite:///{tmp_path / 'credits.sqlite'}", tokens=TOKENS,
+                         users=HUB_USERS, service_token=SERVICE_TOKEN, **config)
+        self.url = self.base_url + PREFIX.rstrip("/")
 
     def call(self, method: str, path: str, token: str | None = "alice-token", **kwargs):
         headers = kwargs.pop("headers", {})

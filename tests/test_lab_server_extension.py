@@ -103,6 +103,7 @@ class Clock:
 def state(jp_serverapp):
     state = jp_serverapp.web_app.settings[SETTINGS_KEY]
     state.client.clock = Clock()
+    state.client.jitter = lambda delay: delay  # the backoff's seconds, exactly
     yield state
     state.stop()  # its reporter thread, and the signal handlers it wrapped
 

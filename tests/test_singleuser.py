@@ -29,7 +29,13 @@ from jupyterhub_credits.singleuser.reporter import (
     _host_tag,
     service_api_url,
 )
-from jupyterhub_credits.singleuser.status import ServiceError, ServiceStatus, tensorboard_run_url
+from jupyterhub_credits.singleuser.status import (
+    BACKOFF_SPREAD,
+    ServiceError,
+    ServiceStatus,
+    spread,
+    tensorboard_run_url,
+)
 from tests.fake_credits import TOKEN, FakeCreditsService
 from tests.jupyter_process import JupyterProcess, hub_environment
 from tests.waiting import wait_for
@@ -403,6 +409,14 @@ def test_many_callers_share_one_request_and_its_answer_lives_ttl_seconds():
         assert (await second).error is None and len(service.calls) == 4
 
     asyncio.run(scenario())
+
+
+def test_servers_that_failed_together_spread_their_next_try():
+    delays = [spread(10.0) for _ in range(2000)]
+    assert all(10.0 <= d <= 10.0 * (1 + BACKOFF_SPREAD) for d in delays)
+    # spread over the whole window, not bunched: each fifth of it gets some servers
+    fifths = {min(4, int((d - 10.0) / (10.0 * BACKOFF_SPREAD) * 5)) for d in delays}
+    assert fifths == {0, 1, 2, 3, 4}
 
 
 def test_failures_back_off_and_keep_the_last_good_answer():

@@ -60,6 +60,9 @@ sessions = Table(
     Index("ix_credits_sessions_state_paid_until", "state", "paid_until"),
     # A user's sessions by ready time: every batch of earning events reads them.
     Index("ix_credits_sessions_user_ready_at", "user", "ready_at"),
+    # A server's sessions by id: its newest (``max(id)``) is one index entry, for the
+    # status poll of a server with no open session.
+    Index("ix_credits_sessions_user_server_name_id", "user", "server_name", "id"),
 )
 
 session_holds = Table(

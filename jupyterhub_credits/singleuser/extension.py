@@ -45,7 +45,8 @@ from .handlers import SETTINGS_KEY, CreditsExtendHandler, CreditsStatusHandler
 from .redact import redact_transform
 from .reporter import EventReporter, _ssl_context, service_api_url
 from .runs import RunsView, server_id
-from .status import DEFAULT_TTL, TTL_ENV, ServiceStatus, scrub, tensorboard_run_url, utc_now_iso
+from .status import (DEFAULT_TTL, TTL_ENV, ServiceStatus, scrub, spread, tensorboard_run_url,
+                     utc_now_iso)
 from .stopping import StopAnnouncer, grace_from_env
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ class CreditsState:
         self.gpu_interval = _env_number("JUPYTERHUB_CREDITS_GPU_INTERVAL", 5, env)
         self.client = client or ServiceStatus(
             self.api_url if self.under_hub else None, self._token, self.label,
-            ttl=_env_number(TTL_ENV, DEFAULT_TTL, env), ssl_options=_ssl_context(env))
+            ttl=_env_number(TTL_ENV, DEFAULT_TTL, env), ssl_options=_ssl_context(env),
+            jitter=spread)
         runtime = getattr(serverapp, "runtime_dir", None)
         self.runs = RunsView(self.server_id, runtime if isinstance(runtime, str) else None,
                              reporter=self.reporter)

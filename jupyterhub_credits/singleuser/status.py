@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +42,15 @@ MIN_REFRESH = 2.0
 BACKOFF_BASE = 5.0
 BACKOFF_MAX = 300.0
 REQUEST_TIMEOUT = 10.0
+#: How much later than the plain backoff a server may ask again (a fraction of the delay).
+BACKOFF_SPREAD = 0.2
+
+
+def spread(delay: float) -> float:
+    """``delay`` made up to ``BACKOFF_SPREAD`` longer at random: after the service was
+    down (or restarted, its token cache empty), thousands of servers failed together and
+    would otherwise all ask again in the same second."""
+    return delay * (1 + random.uniform(0, BACKOFF_SPREAD))
 
 
 def utc_now_iso() -> str:
@@ -119,7 +129,8 @@ class ServiceStatus:
                  backoff_base: float = BACKOFF_BASE, backoff_max: float = BACKOFF_MAX,
                  timeout: float = REQUEST_TIMEOUT, ssl_options=None,
                  fetch: Callable[[list[str], float], Awaitable[dict]] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 jitter: Callable[[float], float] = lambda delay: delay):
         self.api_url = api_url
         self._token = token
         self.label = label
@@ -131,6 +142,7 @@ class ServiceStatus:
         self._ssl_options = ssl_options
         self._fetch = fetch or self._http_fetch
         self.clock = clock
+        self.jitter = jitter  # ``spread`` in a server; none where tests count seconds
         self.answer: dict | None = None
         self.fetched_at: str | None = None
         self._fetched_mono: float | None = None
@@ -231,7 +243,7 @@ class ServiceStatus:
 
     def _failed(self, words: str) -> None:
         self.failures += 1
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (self.failures - 1))
+        delay = self.jitter(min(self.backoff_max, self.backoff_base * 2 ** (self.failures - 1)))
         self._retry_at = self.clock() + delay
         self.error = f"{words}; trying again in {math.ceil(delay)} s"
         if self.failures in (1, 5) or self.failures % 20 == 0:

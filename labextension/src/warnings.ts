@@ -7,7 +7,13 @@
  * opened late, the tab slept), only the most urgent is shown: two toasts
  * saying "10 min left" and "1 min left" together would be noise. Reaching the
  * smallest threshold is when open documents get saved, before the stop.
+ *
+ * The toasts raised offer "Extend" and tell a time left: both go stale when
+ * the server stops or the paid time moves. `staleWarnings` decides which to
+ * dismiss then, and which to keep, without their action, for what they say
+ * about saving.
  */
+import { parseInstant } from './countdown';
 
 /**
  * A tick may come a second or two late (a busy or hidden tab, a new clock
@@ -60,4 +66,65 @@ export class WarningTracker {
 
   private _paidUntil: string | null = null;
   private _fired = new Set<number>();
+}
+
+/** A warning notification this page raised and still shows as it was raised. */
+export interface IRaisedWarning {
+  /** The notification's id (`Notification.warning`'s answer). */
+  id: string;
+  /** The `paid_until` it counted down to. */
+  paidUntil: string;
+  /**
+   * What it says about saving ("Saved 1 document."…), when it saved or failed
+   * to save something; null for a plain time-left warning, or a save that
+   * found nothing to save.
+   */
+  savedWords: string | null;
+  /** Whether some document could not be saved. */
+  saveFailed: boolean;
+}
+
+/** What to do with the raised warnings now (each id in at most one list). */
+export interface IStaleWarnings {
+  /** Dismiss these: the time left and the "Extend" action they offer are past. */
+  dismiss: string[];
+  /** Show only their `savedWords`, without "Extend": the server stopped. */
+  keepSaved: IRaisedWarning[];
+}
+
+/**
+ * Which of `raised` are stale for the model's state now.
+ *
+ * - Once the server stopped, every one is: the time-left warnings are
+ *   dismissed, but one that saved documents (or failed to) stays, saying only
+ *   that, next to the stop dialog (which says the same in its own words).
+ * - While it runs, a warning about another `paid_until` than the session's is
+ *   stale (extended: the warnings re-arm for the new time) and is dismissed,
+ *   a saving one too: its documents were saved, nothing is ending now. With
+ *   no `paid_until` known (no session in the status yet), nothing is decided.
+ */
+export function staleWarnings(
+  raised: readonly IRaisedWarning[],
+  now: { stopped: boolean; paidUntil: string | null | undefined }
+): IStaleWarnings {
+  const result: IStaleWarnings = { dismiss: [], keepSaved: [] };
+  for (const warning of raised) {
+    if (now.stopped) {
+      if (warning.savedWords) {
+        result.keepSaved.push(warning);
+      } else {
+        result.dismiss.push(warning.id);
+      }
+    } else if (now.paidUntil && !sameInstant(now.paidUntil, warning.paidUntil)) {
+      result.dismiss.push(warning.id);
+    }
+  }
+  return result;
+}
+
+/** Whether two ISO instants are the same (as text when one does not parse). */
+function sameInstant(a: string, b: string): boolean {
+  const x = parseInstant(a);
+  const y = parseInstant(b);
+  return x !== null && y !== null ? x === y : a === b;
 }

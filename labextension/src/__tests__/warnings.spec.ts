@@ -1,4 +1,4 @@
-import { WarningTracker } from '../warnings';
+import { IRaisedWarning, WarningTracker, staleWarnings } from '../warnings';
 
 const UNTIL = '2026-03-04T12:10:00Z';
 const LATER = '2026-03-04T13:10:00Z';
@@ -84,5 +84,82 @@ describe('WarningTracker', () => {
     expect(tracker.update(UNTIL, 598, [600, 60])?.secondsLeft).toBe(600);
     expect(tracker.update(UNTIL, 58, [600, 60])?.secondsLeft).toBe(60);
     expect(new WarningTracker().update(UNTIL, 57, [600, 60])?.secondsLeft).toBe(57);
+  });
+});
+
+describe('staleWarnings', () => {
+  const tenMinutes: IRaisedWarning = {
+    id: 'ten',
+    paidUntil: UNTIL,
+    savedWords: null,
+    saveFailed: false
+  };
+  const saved: IRaisedWarning = {
+    id: 'saved',
+    paidUntil: UNTIL,
+    savedWords: 'Saved 1 document.',
+    saveFailed: false
+  };
+  const raised = [tenMinutes, saved];
+
+  it('keeps every warning while the session counts down to the time they warned about', () => {
+    expect(staleWarnings(raised, { stopped: false, paidUntil: UNTIL })).toEqual({
+      dismiss: [],
+      keepSaved: []
+    });
+    // The same instant written another way (Python's microseconds, an offset).
+    expect(
+      staleWarnings(raised, { stopped: false, paidUntil: '2026-03-04T12:10:00.000000+00:00' })
+    ).toEqual({ dismiss: [], keepSaved: [] });
+  });
+
+  it('dismisses the time-left warnings once stopped, keeping the one that saved', () => {
+    expect(staleWarnings(raised, { stopped: true, paidUntil: UNTIL })).toEqual({
+      dismiss: ['ten'],
+      keepSaved: [saved]
+    });
+    // The session gone from the status changes nothing about that.
+    expect(staleWarnings(raised, { stopped: true, paidUntil: null })).toEqual({
+      dismiss: ['ten'],
+      keepSaved: [saved]
+    });
+  });
+
+  it('keeps a failed save to tell once stopped, and dismisses a save that found nothing', () => {
+    const failed = {
+      ...saved,
+      id: 'failed',
+      savedWords: 'Saved 0 documents. Could not save: a.ipynb.',
+      saveFailed: true
+    };
+    const nothing = { ...saved, id: 'nothing', savedWords: null };
+    expect(staleWarnings([failed, nothing], { stopped: true, paidUntil: UNTIL })).toEqual({
+      dismiss: ['nothing'],
+      keepSaved: [failed]
+    });
+  });
+
+  it('dismisses every warning about the old time once extended', () => {
+    const later: IRaisedWarning = { ...tenMinutes, id: 'later', paidUntil: LATER };
+    expect(
+      staleWarnings([...raised, later], { stopped: false, paidUntil: LATER })
+    ).toEqual({ dismiss: ['ten', 'saved'], keepSaved: [] });
+  });
+
+  it('decides nothing while no paid time is known and the server runs', () => {
+    expect(staleWarnings(raised, { stopped: false, paidUntil: null })).toEqual({
+      dismiss: [],
+      keepSaved: []
+    });
+    expect(staleWarnings(raised, { stopped: false, paidUntil: undefined })).toEqual({
+      dismiss: [],
+      keepSaved: []
+    });
+  });
+
+  it('compares times it cannot parse as text', () => {
+    const odd = { ...tenMinutes, paidUntil: 'soon' };
+    expect(staleWarnings([odd], { stopped: false, paidUntil: 'soon' }).dismiss).toEqual([]);
+    expect(staleWarnings([odd], { stopped: false, paidUntil: UNTIL }).dismiss).toEqual(['ten']);
   });
 });

@@ -24,7 +24,9 @@ their servers start), so a saved document proves the credits extension saved it.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import textwrap
 from datetime import datetime, timedelta, timezone
 
@@ -370,7 +372,9 @@ def test_a_training_run_appears_in_the_panel_and_opens_in_tensorboard(
     with page.context.expect_page() as opened:
         link.click()
     tensorboard = opened.value
-    tensorboard.wait_for_load_state()
+    # The proxy answers once TensorBoard is up: its first start imports TensorFlow and the
+    # proxy checks at doubling intervals, 10-40 s on 2 cores (Playwright's default is 30 s).
+    tensorboard.wait_for_load_state(timeout=120_000)
     assert tensorboard.url.startswith(f"{hub.url}{lab.server_path(ALICE)}tensorboard/"), \
         tensorboard.url
     # Real TensorBoard, started on first use behind the proxy: it lists the run.
@@ -385,6 +389,37 @@ def test_a_training_run_appears_in_the_panel_and_opens_in_tensorboard(
                        timeout=60, what="the run's earning outcome")
     expect(run).to_contain_text(outcome.get("reason") or outcome["points"], timeout=30_000)
     screenshot("run")
+
+
+def test_while_the_credits_service_is_down_the_panel_says_so_and_recovers(
+        hub, logged_in, screenshot):
+    alice_server(hub)
+    page = logged_in(hub, ALICE)
+    lab.open_lab(page, hub, ALICE)
+    panel = lab.open_panel_from_status_bar(page)
+    expect(panel.locator(".jp-credits-balance")).to_be_visible()
+    expect(panel.locator(".jp-credits-error")).to_have_count(0)
+    # The service frozen, not killed: the hub would restart a dead one at once, while a
+    # frozen one takes the connection and never answers (the harder case: a timeout).
+    pids = hub.service_pids()
+    assert pids
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        # The server extension's request times out (10 s) and the panel's next poll
+        # (every 15 s) shows its words; the last good answer stays on screen.
+        error = panel.locator(".jp-credits-error")
+        expect(error).to_contain_text("The credits service is not answering", timeout=60_000)
+        expect(error).to_contain_text("trying again in")
+        expect(panel.locator(".jp-credits-balance")).to_contain_text(" cr")
+        expect(lab.status_item(page)).to_contain_text(" cr")
+        screenshot("service-down")
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    # Back after its backoff (5-6 s) and the page's next poll: the words go away.
+    expect(panel.locator(".jp-credits-error")).to_have_count(0, timeout=60_000)
+    expect(panel.locator(".jp-credits-balance")).to_be_visible()
 
 
 def test_an_admin_stop_is_told_to_the_owner_in_words(hub, logged_in, screenshot):

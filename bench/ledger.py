@@ -2,6 +2,7 @@
 """Ledger benchmark: write throughput and latency, statements per operation, verify() time.
 
     .venv/bin/python bench/ledger.py [--quick] [--pg-url ADMIN_URL] [--skip-sqlite|--skip-postgres]
+                                     [--out PATH]
 
 Prints ONE JSON document on stdout (progress goes to stderr). For each backend
 (SQLite in a temporary file; PostgreSQL in a temporary database created and
@@ -14,6 +15,13 @@ dropped through the admin URL) it measures, for a fixed duration each:
 with 1 writer, 8 writer *processes* (each its own Ledger and connections) and
 8 writer *threads* sharing one Ledger (the GIL bounds these). Writers use
 their own accounts (different users), so the figures are not a hot-row test.
+
+On PostgreSQL the ledger writes through its server functions (migration 0008);
+``python_path`` measures the same 1-writer and 8-process loads through the Python
+path (``server_functions=False``), in the same run. Right before each 1-writer and
+8-process measurement, ``pgbench`` runs on a scratch database with as many clients
+for as long (see ``pgbench``), and each entry gets ``pgbench_tps`` and
+``ratio_to_pgbench`` = transfers_per_s / pgbench_tps.
 Then it counts the statements and round trips each operation costs, times a
 deduct with many live lots, and times ``verify()`` over a ledger of
 1,000,000 transfers (100,000 with --quick) bulk-loaded directly (COPY on
@@ -29,8 +37,11 @@ import logging
 import multiprocessing
 import os
 import platform
+import re
 import resource
+import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -133,6 +144,9 @@ def _one_thread(ledger: Ledger, scenario: str, names: list[str], prefix: str, du
         cycles += moved == (2 if scenario == "hold_post" else 1)
     out.update(latencies=dict(latencies), errors=errors, transfers=transfers, cycles=cycles,
                seconds=time.perf_counter() - began)
+    # A thread's server-function connection closes when the thread ends; keep it (and its
+    # backend, whose CPU the parent reads after the run) until the process finishes.
+    out["_keep_open"] = getattr(ledger._functions._local, "connection", None)
 
 
 def writer_process(url: str, scenario: str, prefix: str, threads: int, duration: float,
@@ -140,9 +154,10 @@ def writer_process(url: str, scenario: str, prefix: str, threads: int, duration:
                    variant: str = "as_is") -> None:
     """One writer process: ``threads`` threads sharing one Ledger, each with its own accounts.
 
-    ``variant`` (diagnostics, never for production): "no_pre_ping" opens the engine without
-    pool_pre_ping; "no_readback" also skips the read of the transfer after each commit, by
-    answering a stub instead (what building the answer from RETURNING would save).
+    ``variant``: "python_path" writes through the Python path on PostgreSQL
+    (``server_functions=False``). Diagnostics, never for production, also on the Python
+    path: "no_pre_ping" opens the engine without pool_pre_ping; "no_readback" also skips
+    the read of the transfer after each commit, by answering a stub instead.
     """
     retries = _RetryCounter()
     logger = logging.getLogger("jupyterhub_credits.ledger.database")
@@ -150,6 +165,8 @@ def writer_process(url: str, scenario: str, prefix: str, threads: int, duration:
     logger.setLevel(logging.DEBUG)
     if variant in ("no_pre_ping", "no_readback"):
         engine_kwargs = {**engine_kwargs, "pool_pre_ping": False}
+    if variant != "as_is" and url.startswith("postgresql"):
+        engine_kwargs = {**engine_kwargs, "server_functions": False}
     ledger = Ledger.open(url, upgrade=False, **engine_kwargs)
     if variant == "no_readback":
         ledger.get_transfer = lambda ref: ref  # TransferResult(transfer=<the id>)
@@ -177,6 +194,7 @@ def writer_process(url: str, scenario: str, prefix: str, threads: int, duration:
             worker.join()
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        keep_open = [out.pop("_keep_open", None) for out in outs]  # noqa: F841 - see _one_thread
         results.put({"outs": outs, "cpu_s": cpu, "retries": retries.count})
         finish.wait()  # keep connections open until the parent has sampled server CPU
     finally:
@@ -235,9 +253,11 @@ def measure(url: str, scenario: str, label: str, processes: int, threads: int, d
     start.wait(timeout=60)
     if sampler:
         sampler.start()
+    load_before = os.getloadavg()
     wall0, pg0, machine0 = time.perf_counter(), _postgres_cpu(database), machine_cpu()
     reports = [results.get(timeout=duration + 300) for _ in procs]
     wall, pg1, machine1 = time.perf_counter() - wall0, _postgres_cpu(database), machine_cpu()
+    load_after = os.getloadavg()
     waits = sampler.result() if sampler else None
     finish.wait(timeout=60)
     for proc in procs:
@@ -296,18 +316,97 @@ def measure(url: str, scenario: str, label: str, processes: int, threads: int, d
     # If the run were bound by CPU alone: what the cores could do at this CPU cost per transfer.
     cost = sum(result["cpu_ms_per_transfer"].values())
     result["cpu_bound_ceiling_transfers_per_s"] = round(cores * 1000 / cost, 1) if cost else None
+    result["load_average"] = {"before": _load(load_before), "after": _load(load_after)}
+    return result
+
+
+def _load(load: tuple[float, float, float]) -> list[float]:
+    return [round(x, 2) for x in load]
+
+
+# --- pgbench: what this PostgreSQL does with simple transactions, in the same run ----------------
+
+#: ``simple-update``: per transaction, UPDATE one random pgbench_accounts row, SELECT
+#: it and INSERT a pgbench_history row, inside BEGIN/END: the nearest pgbench has to a
+#: transfer (update an account, append a record). The default tpcb-like also updates
+#: one of ``scale`` branch rows, so at scale 1 all clients queue on one row, which
+#: measures that lock, not the server. ``-M prepared``: the ledger's writers use
+#: prepared statements too (psycopg prepares a statement it sends repeatedly).
+PGBENCH_ARGS = ["-b", "simple-update", "-M", "prepared"]
+PGBENCH_SCALE = 1
+
+
+@contextlib.contextmanager
+def pgbench_database(admin_url: str):
+    """A scratch database initialised by ``pgbench -i``, dropped afterwards; yields a
+    function running pgbench there: ``run(clients, seconds)`` -> dict."""
+    executable = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    url = make_url(ledger_database.normalize_url(admin_url))
+    env = {**os.environ, "PGPASSWORD": url.password or ""}
+    name = f"credits_pgbench_{uuid.uuid4().hex[:10]}"
+    connection = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432),
+                  "-U", url.username or "postgres"]
+    admin = create_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        subprocess.run([executable, "-i", "-q", "-s", str(PGBENCH_SCALE), *connection, name],
+                       check=True, capture_output=True, text=True, env=env)
+
+        def run(clients: int, seconds: float) -> dict:
+            threads = max(1, min(clients, len(os.sched_getaffinity(0))))
+            command = [executable, *PGBENCH_ARGS, "-c", str(clients), "-j", str(threads),
+                       "-T", str(max(1, round(seconds))), *connection, name]
+            load_before, busy0 = os.getloadavg(), machine_cpu()
+            done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            load_after, busy1 = os.getloadavg(), machine_cpu()
+            tps = re.search(r"tps = ([0-9.]+)", done.stdout)
+            latency = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
+            return {
+                "clients": clients, "threads": threads, "seconds": max(1, round(seconds)),
+                "tps": round(float(tps.group(1)), 1),
+                "latency_average_ms": float(latency.group(1)) if latency else None,
+                "machine_busy_share": round((busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]),
+                                            3),
+                "load_average": {"before": _load(load_before), "after": _load(load_after)},
+            }
+
+        yield run
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def with_pgbench(result: dict, pgbench: dict) -> dict:
+    """Add pgbench's figure, measured right before, and the ledger's ratio to it."""
+    result["pgbench"] = pgbench
+    result["pgbench_tps"] = pgbench["tps"]
+    result["ratio_to_pgbench"] = round(result["transfers_per_s"] / pgbench["tps"], 3)
     return result
 
 
 # --- statements and round trips per operation -------------------------------------------------
 
 
-def count_statements(url: str) -> dict:
-    """What one operation of each kind sends to the database (steady state, warm caches)."""
-    ledger = Ledger.open(url, upgrade=False)
+def count_statements(url: str, **options) -> dict:
+    """What one operation of each kind sends to the database (steady state, warm caches).
+
+    A server-function call is one statement in autocommit: one round trip, no BEGIN or
+    COMMIT (``function_calls``); statements through SQLAlchemy are counted as before.
+    """
+    ledger = Ledger.open(url, upgrade=False, **options)
     postgres = ledger.engine.dialect.name == "postgresql"
     tally = Counter()
     shapes: list[str] = []
+    original_call = ledger._functions.call
+
+    def counted_call(operation, params):
+        tally["function_calls"] += 1
+        shapes.append(f"SELECT credits_ledger_{operation}()")
+        return original_call(operation, params)
+
+    ledger._functions.call = counted_call
 
     @event.listens_for(ledger.engine, "before_cursor_execute")
     def _statement(conn, cursor, statement, parameters, context, executemany):
@@ -361,11 +460,14 @@ def count_statements(url: str) -> dict:
         per_op = {k: v / repeats for k, v in tally.items()}
         entry = {k: round(v, 2) for k, v in sorted(per_op.items())}
         if postgres:
-            # psycopg sends BEGIN and COMMIT/ROLLBACK as their own round trips, and
-            # pool_pre_ping costs one more ("SELECT 1"-style ping) per checkout.
+            # psycopg sends BEGIN and COMMIT/ROLLBACK as their own round trips; a function
+            # call is one (autocommit); pool_pre_ping, where set, costs one per checkout.
+            pre_ping = getattr(ledger.engine.pool, "_pre_ping", False)
             entry["round_trips"] = round(per_op.get("statements", 0)
                                          + 2 * per_op.get("transactions", 0)
-                                         + per_op.get("pool_checkouts", 0), 2)
+                                         + per_op.get("function_calls", 0)
+                                         + (per_op.get("pool_checkouts", 0) if pre_ping else 0),
+                                         2)
         else:
             entry["round_trips"] = None  # in-process: BEGIN is among the statements
         entry["sequence"] = list(shapes)
@@ -664,26 +766,62 @@ def _memory_gib() -> float | None:
 # --- main -------------------------------------------------------------------------------------
 
 
+#: The loads compared with pgbench (same number of clients as writer processes).
+PGBENCH_CONFIGS = ("1_writer", "8_processes")
+
+
 def run_backend(backend: str, make_db, builder, args) -> dict:
     out: dict = {"throughput": {}}
-    admin_url = args.pg_url if backend == "postgresql" else None
-    with make_db() as url:
+    postgres = backend == "postgresql"
+    admin_url = args.pg_url if postgres else None
+    with make_db() as url, (pgbench_database(args.pg_url) if postgres
+                            else contextlib.nullcontext()) as pgbench:
+        if postgres:  # what the default path is on this database
+            probe = Ledger.open(url, upgrade=False)
+            out["server_functions"] = probe.uses_server_functions
+            probe.close()
         for scenario in ("transfers", "hold_post"):
             out["throughput"][scenario] = {}
             for label, processes, threads in CONFIGS:
+                baseline = None
+                if pgbench and label in PGBENCH_CONFIGS:
+                    log(f"pgbench {processes} client(s) ({args.duration}s)")
+                    baseline = pgbench(processes, args.duration)
                 log(f"{backend} {scenario} {label} ({args.duration}s)")
-                out["throughput"][scenario][label] = measure(
-                    url, scenario, label, processes, threads, args.duration, args.warmup,
-                    admin_url=admin_url)
-        if backend == "postgresql" and not args.quick:
-            # What-ifs for the analysis, transfers with 8 writer processes. Not for production:
-            # they show what the per-operation overheads cost, not a way to run the ledger.
+                result = measure(url, scenario, label, processes, threads, args.duration,
+                                 args.warmup, admin_url=admin_url)
+                out["throughput"][scenario][label] = \
+                    with_pgbench(result, baseline) if baseline else result
+        if postgres:
+            # The same loads through the Python path, each right after its own pgbench.
+            out["python_path"] = {"throughput": {}}
+            for scenario in ("transfers", "hold_post"):
+                out["python_path"]["throughput"][scenario] = {}
+                for label, processes, threads in CONFIGS:
+                    if label not in PGBENCH_CONFIGS:
+                        continue
+                    log(f"pgbench {processes} client(s) ({args.duration}s)")
+                    baseline = pgbench(processes, args.duration)
+                    log(f"postgresql python path {scenario} {label} ({args.duration}s)")
+                    out["python_path"]["throughput"][scenario][label] = with_pgbench(measure(
+                        url, scenario, f"py-{label}", processes, threads, args.duration,
+                        args.warmup, variant="python_path", admin_url=admin_url), baseline)
+            out["vs_pgbench"] = {
+                path: {scenario: {label: figures[scenario][label]["ratio_to_pgbench"]
+                                  for label in PGBENCH_CONFIGS}
+                       for scenario in figures}
+                for path, figures in (("server_functions", out["throughput"]),
+                                      ("python_path", out["python_path"]["throughput"]))}
+        if postgres and not args.quick:
+            # What-ifs for the analysis of the Python path, transfers with 8 writer processes.
+            # Not for production: they show what the per-operation overheads cost there.
             out["what_if_transfers_8_processes"] = {}
             for name, kwargs, variant in (
                     ("without_pool_pre_ping", {}, "no_pre_ping"),
                     ("without_pre_ping_and_readback", {}, "no_readback"),
                     ("synchronous_commit_off",
-                     {"connect_args": {"options": "-c synchronous_commit=off"}}, "as_is")):
+                     {"connect_args": {"options": "-c synchronous_commit=off"}},
+                     "python_path")):
                 log(f"postgresql what-if {name} ({args.duration}s)")
                 result = measure(url, "transfers", name, 8, 1, args.duration, args.warmup,
                                  kwargs, variant, admin_url=admin_url)
@@ -692,6 +830,8 @@ def run_backend(backend: str, make_db, builder, args) -> dict:
                                            "cpu_ms_per_transfer")}
         log(f"{backend} statements per operation")
         out["per_operation"] = count_statements(url)
+        if postgres:
+            out["per_operation_python_path"] = count_statements(url, server_functions=False)
         log(f"{backend} deduct latency with many live lots")
         out["deduct_latency_by_live_lots"] = deduct_with_live_lots(
             url, [1, 100, 1000] if not args.quick else [1, 100, 300], 100 if args.quick else 200)
@@ -719,6 +859,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-for-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="on a shared machine, wait up to SECONDS before each measurement "
                              "for the machine to be nearly idle (default: do not wait)")
+    parser.add_argument("--out", metavar="PATH", help="also write the JSON document to PATH")
     args = parser.parse_args(argv)
     global QUIET_WAIT
     QUIET_WAIT = args.wait_for_quiet
@@ -741,8 +882,21 @@ def main(argv=None) -> int:
             "hold_post_scenario": "hold then full post, per cycle; cycles_per_s counts pairs",
             "postgres_admin_url": None if args.skip_postgres else
             make_url(args.pg_url).render_as_string(hide_password=True),
+            "postgres_write_path": "server functions (migration 0008), one autocommit call "
+                                   "per transfer; python_path: the same loads with "
+                                   "server_functions=False",
+            "pgbench": {"arguments": PGBENCH_ARGS, "scale": PGBENCH_SCALE,
+                        "clients": "as many as writer processes (1 and 8), -j up to the cores",
+                        "when": "right before each 1_writer / 8_processes measurement, as long",
+                        "why": "simple-update is pgbench's nearest to a transfer (update an "
+                               "account, append a history row); tpcb-like also updates one "
+                               "of `scale` branch rows, so at scale 1 all 8 clients queue on "
+                               "one row; -M prepared because the ledger's writers send "
+                               "prepared statements too"},
         },
         "machine": machine(None if args.skip_postgres else args.pg_url),
+        # The machine is shared (2 cores): figures are noisy; compare within one run.
+        "load_average_before": _load(os.getloadavg()),
     }
     with tempfile.TemporaryDirectory(prefix="credits-bench-") as directory:
         if not args.skip_sqlite:
@@ -753,9 +907,12 @@ def main(argv=None) -> int:
         if not args.skip_postgres:
             result["postgresql"] = run_backend(
                 "postgresql", lambda: postgres_database(args.pg_url), build_postgres, args)
+    result["load_average_after"] = _load(os.getloadavg())
     result["total_seconds"] = round(time.perf_counter() - began, 1)
-    json.dump(result, sys.stdout, indent=2)
-    print()
+    document = json.dumps(result, indent=2)
+    print(document)
+    if args.out:
+        Path(args.out).write_text(document + "\n")
     return 0
 
 

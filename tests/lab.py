@@ -114,6 +114,10 @@ def new_notebook(page):
     page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
     notebook = page.locator(".jp-NotebookPanel").last
     expect(notebook.locator(".jp-Cell .cm-content").first).to_be_visible()
+    # As a person waits for the status bar to say the kernel is idle: a cell run before the
+    # kernel's session is connected is dropped (its prompt stays "[ ]").
+    expect(page.get_by_role("button", name="Python 3 (ipykernel) | Idle", exact=True)
+           ).to_be_visible(timeout=90_000)
     return notebook
 
 

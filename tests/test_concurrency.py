@@ -17,7 +17,9 @@ database:
   successful answers add up to, and ``verify`` finds nothing wrong.
 
 Processes are started with the 'spawn' method and open their own ``Ledger``;
-all workers wait on one barrier so they really start together.
+all workers wait on one barrier so they really start together. Every test runs on
+each path that writes transfers (``ledger_path``, tests/test_ledger_paths.py) it is
+meant for; ``options`` carries the path's ``Ledger.open`` options into every writer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ from sqlalchemy import event, select
 from jupyterhub_credits.ledger import Ledger, LedgerError
 from jupyterhub_credits.ledger.schema import accounts, transfers
 from jupyterhub_credits.ledger.verify import verify
+from test_ledger_paths import (  # noqa: F401 - fixtures
+    POSTGRES_PATHS,
+    db_url,
+    ledger_options,
+    ledger_path,
+)
 
 #: Refusals a correct ledger may answer under contention (funds ran out, a
 #: hold was resolved by someone else first, a hold or transfer is not there yet
@@ -189,10 +197,10 @@ def _run_plan(ledger: Ledger, plan: list[Op], barrier) -> list[dict]:
     return [run_op(ledger, op) for op in plan]
 
 
-def _process_main(url: str, plan: list[Op], barrier, results) -> None:
+def _process_main(url: str, plan: list[Op], barrier, results, options: dict) -> None:
     """Entry point of a spawned worker process: its own Ledger, its own connections."""
     try:
-        ledger = Ledger.open(url, upgrade=False)
+        ledger = Ledger.open(url, upgrade=False, **options)
     except BaseException as error:  # pragma: no cover - reported to the parent
         barrier.abort()
         results.put(("crashed", repr(error)))
@@ -206,17 +214,18 @@ def _process_main(url: str, plan: list[Op], barrier, results) -> None:
         ledger.close()
 
 
-def run_writers(url: str, thread_plans: list[list[Op]],
-                process_plans: list[list[Op]]) -> list[dict]:
+def run_writers(url: str, thread_plans: list[list[Op]], process_plans: list[list[Op]],
+                options: dict) -> list[dict]:
     """Run every plan at once (threads here sharing one Ledger, plus spawned processes)."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(thread_plans) + len(process_plans))
     results = ctx.Queue()
-    processes = [ctx.Process(target=_process_main, args=(url, plan, barrier, results), daemon=True)
+    processes = [ctx.Process(target=_process_main, args=(url, plan, barrier, results, options),
+                             daemon=True)
                  for plan in process_plans]
     for process in processes:
         process.start()
-    ledger = Ledger.open(url, upgrade=False)
+    ledger = Ledger.open(url, upgrade=False, **options)
     thread_results: list = [None] * len(thread_plans)
     thread_errors: list = []
 
@@ -344,8 +353,8 @@ def check_ledger(url: str, outcomes: list[dict], newcomer: str | None = None
         ledger.close()
 
 
-def apply_serially(url: str, ops: list[Op]) -> list[dict]:
-    ledger = Ledger.open(url, upgrade=False)
+def apply_serially(url: str, ops: list[Op], options: dict) -> list[dict]:
+    ledger = Ledger.open(url, upgrade=False, **options)
     try:
         return [run_op(ledger, op) for op in ops]
     finally:
@@ -361,17 +370,17 @@ def tally(outcomes: list[dict]) -> Counter:
 # --- the tests -----------------------------------------------------------------------------
 
 NAMES = ["alice", "bob", "group:lab", "carol"]
-#: db_url, PostgreSQL only (the fixture empties the run's shared database first).
-postgres_only = pytest.mark.parametrize(
-    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+#: Both PostgreSQL paths (the fixture empties the run's shared database first).
+postgres_only = pytest.mark.parametrize("ledger_path", POSTGRES_PATHS, indirect=True)
 
 
 @postgres_only
-def test_postgres_threads_and_processes_hammer_same_accounts(db_url):
+def test_postgres_threads_and_processes_hammer_same_accounts(db_url, ledger_options):
     """8 threads and 4 processes: random operations on 4 accounts, repeated keys."""
-    outcomes = apply_serially(db_url, [Op("grant", f"fund-{n}", n, 60_000) for n in NAMES])
+    outcomes = apply_serially(db_url, [Op("grant", f"fund-{n}", n, 60_000) for n in NAMES],
+                              ledger_options)
     plans = plan_hammer(seed=20261123, workers=12, steps=50, names=NAMES, newcomer="newcomer")
-    outcomes += run_writers(db_url, *split(plans, threads=8))
+    outcomes += run_writers(db_url, *split(plans, threads=8), ledger_options)
     applied = check_ledger(db_url, outcomes, newcomer="newcomer")
     # The run exercised what it claims to: repeated keys answered as duplicates (several
     # racing), partial and full posts, voids, reversals, and refusals under contention.
@@ -390,9 +399,9 @@ def test_sqlite_threads_and_processes_serialise_writers(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="jupyterhub_credits.ledger.database")
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     Ledger.open(url).close()  # the schema, before the writers start
-    outcomes = apply_serially(url, [Op("grant", f"fund-{n}", n, 60_000) for n in NAMES[:3]])
+    outcomes = apply_serially(url, [Op("grant", f"fund-{n}", n, 60_000) for n in NAMES[:3]], {})
     plans = plan_hammer(seed=7, workers=6, steps=40, names=NAMES[:3], newcomer="newcomer")
-    outcomes += run_writers(url, *split(plans, threads=4))
+    outcomes += run_writers(url, *split(plans, threads=4), {})
     check_ledger(url, outcomes, newcomer="newcomer")
     counts = tally(outcomes)
     assert sum(n for (_, status), n in counts.items() if status == "duplicate") >= 5, counts
@@ -418,8 +427,8 @@ def _same_key_op(ledger: Ledger, kind: str) -> Op:
     }[kind]
 
 
-def _send_at_once(db_url: str, kind: str) -> tuple[list[dict], list[int]]:
-    ledger = Ledger.open(db_url, upgrade=False)
+def _send_at_once(db_url: str, kind: str, options: dict) -> tuple[list[dict], list[int]]:
+    ledger = Ledger.open(db_url, upgrade=False, **options)
     try:
         op = _same_key_op(ledger, kind)
         barrier = threading.Barrier(SAME_KEY_WRITERS)
@@ -445,9 +454,9 @@ def _send_at_once(db_url: str, kind: str) -> tuple[list[dict], list[int]]:
 
 
 @pytest.mark.parametrize("kind", ["grant", "deduct", "hold", "post", "void", "reverse"])
-def test_same_key_at_once_applies_once(db_url, kind):
+def test_same_key_at_once_applies_once(db_url, ledger_options, kind):
     """16 writers send the very same request under one key at the same moment."""
-    answers, stored = _send_at_once(db_url, kind)
+    answers, stored = _send_at_once(db_url, kind, ledger_options)
     assert len(stored) == 1
     refused = [(a["error"], a["message"]) for a in answers if not a["ok"]]
     assert not refused, f"{len(refused)} of {len(answers)} refused, e.g. {refused[:3]}"
@@ -456,10 +465,10 @@ def test_same_key_at_once_applies_once(db_url, kind):
 
 
 @postgres_only
-def test_same_key_reverse_committed_mid_request_is_a_duplicate(db_url):
+def test_same_key_reverse_committed_mid_request_is_a_duplicate(db_url, ledger_options):
     """A reversal under key K commits while another request with K is between its reads."""
-    first = Ledger.open(db_url, upgrade=False)
-    second = Ledger.open(db_url, upgrade=False)
+    first = Ledger.open(db_url, upgrade=False, **ledger_options)
+    second = Ledger.open(db_url, upgrade=False, **ledger_options)
     try:
         first.grant("ivy", 5_000, key="g", reason="setup", actor="test")
         done = []
@@ -472,9 +481,9 @@ def test_same_key_reverse_committed_mid_request_is_a_duplicate(db_url):
         second.close()
 
 
-def test_retried_reverse_is_a_duplicate(db_url):
+def test_retried_reverse_is_a_duplicate(db_url, ledger_options):
     """A retry of a reversal that succeeded answers duplicate, not NotReversible."""
-    ledger = Ledger.open(db_url, upgrade=False)
+    ledger = Ledger.open(db_url, upgrade=False, **ledger_options)
     try:
         ledger.grant("erin", 5_000, key="g", reason="setup", actor="test")
         first = ledger.reverse("g", key="r", reason="oops", actor="test")
@@ -485,7 +494,7 @@ def test_retried_reverse_is_a_duplicate(db_url):
 
 
 @postgres_only
-def test_concurrent_spending_never_overdraws(db_url):
+def test_concurrent_spending_never_overdraws(db_url, ledger_options):
     """12 writers (8 threads, 4 processes) deduct and hold from one account with limited
     funds, in two lots whose boundary no request is aligned with: exactly the funds are
     spent, never more."""
@@ -493,12 +502,12 @@ def test_concurrent_spending_never_overdraws(db_url):
     outcomes = apply_serially(db_url, [
         Op("grant", "fund-1", "frank", 100_500, expires_at=FAR_FUTURE),
         Op("grant", "fund-2", "frank", 99_500),
-    ])
+    ], ledger_options)
     rng = random.Random(99)
     plans = [[Op(rng.choice(["deduct", "deduct", "hold"]), f"spend-{w}-{i}", "frank", 1_000)
               for i in range(20)] for w in range(12)]
     assert sum(op.amount for plan in plans for op in plan) > funds
-    outcomes += run_writers(db_url, *split(plans, threads=8))
+    outcomes += run_writers(db_url, *split(plans, threads=8), ledger_options)
     applied = check_ledger(db_url, outcomes)
     spent = sum(f[4] for f in applied.values() if f[1] in ("deduct", "hold"))
     # Every request is 1,000 units and the funds a multiple of that: a refusal is only
@@ -515,7 +524,7 @@ def test_concurrent_spending_never_overdraws(db_url):
 # --- readers while writers commit --------------------------------------------------------------
 
 # Multi-statement reads must see one snapshot (REPEATABLE READ on PostgreSQL).
-sqlite_and_postgres_snapshot = pytest.mark.parametrize("db_url", [
+sqlite_and_postgres_snapshot = pytest.mark.parametrize("ledger_path", [
     "sqlite", pytest.param("postgres", marks=[pytest.mark.postgres]),
 ], indirect=True)
 

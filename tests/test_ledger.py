@@ -1,4 +1,5 @@
-"""Focused ledger tests, each run on SQLite and PostgreSQL through the ``ledger`` fixture.
+"""Focused ledger tests, each run on every path that writes transfers (SQLite, PostgreSQL
+through its server functions, PostgreSQL through the Python path) by the ``ledger`` fixture.
 
 Every test ends with ``verify()`` reporting a consistent ledger
 (the ``ledger_verifies_after`` fixture of tests/conftest.py).
@@ -28,6 +29,10 @@ from jupyterhub_credits.ledger import (
     account_name,
 )
 from jupyterhub_credits.ledger.schema import holds, lots
+from test_ledger_paths import DEPLOYED_PATHS, ledger_path_over
+from test_ledger_paths import db_url, ledger, ledger_options  # noqa: F401
+
+ledger_path = ledger_path_over(DEPLOYED_PATHS)
 
 C = 1000  # units per credit
 

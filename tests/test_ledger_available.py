@@ -4,6 +4,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from jupyterhub_credits.ledger import Ledger
+from test_ledger_paths import DEPLOYED_PATHS, ledger_path_over
+from test_ledger_paths import db_url, ledger, ledger_options  # noqa: F401
+
+ledger_path = ledger_path_over(DEPLOYED_PATHS)
 
 
 def test_an_account_without_transfers_has_nothing_available(ledger):

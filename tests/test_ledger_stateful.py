@@ -1,4 +1,5 @@
-"""The ledger against a simple in-memory model, driven by Hypothesis, on SQLite and PostgreSQL.
+"""The ledger against a simple in-memory model, driven by Hypothesis, on every path that
+writes transfers: SQLite, PostgreSQL's server functions, PostgreSQL's Python path.
 
 The model keeps owners' lots (with optional expiry), holds and which lots they reserve, and
 the system accounts' balances. Each rule predicts from the model whether the ledger accepts a
@@ -43,6 +44,12 @@ from jupyterhub_credits.ledger.schema import accounts as accounts_table
 from jupyterhub_credits.ledger.schema import holds as holds_table
 from jupyterhub_credits.ledger.schema import lots as lots_table
 from jupyterhub_credits.ledger.verify import verify
+from test_ledger_paths import (  # noqa: F401 - fixtures
+    db_url,
+    empty_postgres_ledger,
+    ledger_options,
+    ledger_path,
+)
 
 USERS = ["user:alice", "user:bob", "group:lab"]
 NAMES = {"user:alice": st.sampled_from(["alice", "user:alice"]),
@@ -107,14 +114,18 @@ def expiry_order(lot: Lot):
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    engine = None  # set per backend by the test below
+    engine = None  # set per path by the test below
+    options: dict = {}  # Ledger options of the path
 
     def __init__(self):
         super().__init__()
         # Fresh database and a fresh Ledger: its account-id cache must not outlive the data.
-        reset_ledger(self.engine)
+        if self.engine.dialect.name == "postgresql":
+            empty_postgres_ledger(self.engine)  # faster than TRUNCATE: 40 examples a path
+        else:
+            reset_ledger(self.engine)
         self.clock = FakeClock()
-        self.ledger = Ledger(self.engine, clock=self.clock)
+        self.ledger = Ledger(self.engine, clock=self.clock, **self.options)
         self.accounts: set[str] = set()
         self.lots: list[Lot] = []
         self.holds: list[Hold] = []
@@ -508,10 +519,18 @@ STATEFUL_SETTINGS = settings(
 )
 
 
-def test_ledger_matches_model(db_url):
+#: PostgreSQL's two paths share the examples PostgreSQL had alone (each path draws its own):
+#: both are covered within the suite's time budget, and the identical-rows test
+#: (tests/test_ledger_paths.py) ties them together.
+POSTGRES_PATH_SETTINGS = settings(STATEFUL_SETTINGS, max_examples=20)
+
+
+def test_ledger_matches_model(db_url, ledger_path, ledger_options):
     engine = ledger_database.make_engine(db_url)
     try:
-        machine = type("LedgerModel", (LedgerMachine,), {"engine": engine})
-        run_state_machine_as_test(machine, settings=STATEFUL_SETTINGS)
+        machine = type("LedgerModel", (LedgerMachine,),
+                       {"engine": engine, "options": ledger_options})
+        run_state_machine_as_test(machine, settings=STATEFUL_SETTINGS if ledger_path == "sqlite"
+                                  else POSTGRES_PATH_SETTINGS)
     finally:
         engine.dispose()

@@ -146,8 +146,9 @@ def allocator(ledger, clock):
 
 
 def make_meter(store, fake_hub, catalog, clock, **traits):
+    # Pages of 2 users: a full reconciliation lists more than one page.
     traits = {"warning_thresholds": [600, 60], "reconcile_grace": 0,
-              "reconcile_interval": 60, "interval": 5, **traits}
+              "reconcile_interval": 60, "interval": 5, "reconcile_page_size": 2, **traits}
     return Meter(sessions=store, hub=HubClient(fake_hub.url, TOKEN, page_size=2), catalog=catalog,
                  clock=clock, **traits)
 
@@ -467,5 +468,6 @@ def test_the_meter_keeps_its_configuration_names():
     # c.Meter.<name> in a service configuration: the package split renamed none of them.
     assert set(Meter.class_own_traits(config=True)) == {
         "interval", "warning_thresholds", "auto_extend_hours", "auto_extend_lead",
-        "auto_extend_retry", "reconcile_interval", "reconcile_grace", "stop_unpaid_servers",
-        "idle_gpu_timeout", "idle_gpu_threshold"}
+        "auto_extend_retry", "reconcile_interval", "reconcile_grace", "reconcile_page_size",
+        "reconcile_users_per_tick", "stop_unpaid_servers", "idle_gpu_timeout",
+        "idle_gpu_threshold"}

@@ -5,24 +5,28 @@ those of a ledger and sessions built here, read from the database and cached
 for at most 15 s. Against a real hub: who may scrape (admin, a metrics-only
 service token; not a plain user, not without a token), the meter's tick
 histogram filled by the service process, and the links on the hub's pages.
+The event-loop lag probe: unit level on a loop a test blocks on purpose, and
+in the real service process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jupyterhub_credits.catalog import hold_amount, load_catalog
 from jupyterhub_credits.earning import EarningService, earning_rules
 from jupyterhub_credits.hubconfig import login_events
 from jupyterhub_credits.ledger import LedgerError
-from jupyterhub_credits.service.metrics import CreditsCollector
+from jupyterhub_credits.service.metrics import CreditsCollector, EventLoopLagProbe
 from jupyterhub_credits.service.pages.base import PageUser, template_environment
 from jupyterhub_credits.sessions.store import SessionStore
 from tests.hub import CATALOG
@@ -168,6 +172,40 @@ def test_no_metric_has_a_per_user_label(ledger, store, catalog, clock):
     assert "alice" not in text
 
 
+# --- unit level: the event loop's lag ------------------------------------------------------
+
+
+def test_the_lag_probe_measures_how_long_the_loop_was_blocked(caplog):
+    registry = CollectorRegistry(auto_describe=False)
+    lag = Histogram("lag_seconds", "t", buckets=(0.01, 0.05, 0.1, 0.5, 1), registry=registry)
+    largest = Gauge("lag_max_seconds", "t", registry=registry)
+    probe = EventLoopLagProbe(interval=0.01, histogram=lag, maximum=largest, log_threshold=0.1)
+
+    async def scenario():
+        async def samples_reach(count):
+            while probe.samples < count:  # a poll: the probe fires every 10 ms
+                await asyncio.sleep(0.005)
+
+        probe.start()
+        await asyncio.wait_for(samples_reach(5), 5)
+        idle = probe.largest
+        time.sleep(0.15)  # the blocking call the probe must see (not synchronisation)
+        await asyncio.wait_for(samples_reach(probe.samples + 2), 5)
+        probe.stop()
+        return idle
+
+    idle = asyncio.run(scenario())
+    assert idle < 0.1  # an idle loop runs the probe on time (generous: a shared machine)
+    found = samples(generate_latest(registry).decode())
+    assert 0.14 <= found[("lag_max_seconds", ())] < 1.0
+    assert found[("lag_seconds_count", ())] == probe.samples
+    # The blocked sample is over 0.1 s (on a shared machine maybe not alone), and logged
+    # as the hub logs its own stalls.
+    assert found[("lag_seconds_count", ())] - found[("lag_seconds_bucket", (("le", "0.1"),))] >= 1
+    assert {r.levelname for r in caplog.records if "event loop was blocked" in r.message} == {
+        "WARNING"}
+
+
 # --- unit level: the navigation links, as the credits service renders them ---------------
 
 
@@ -221,6 +259,17 @@ def test_the_service_process_times_its_meter_ticks(hub):
     assert wait_for(ticks, timeout=30, interval=0.5, what="a timed meter tick") >= 1
     found = samples(get_metrics(hub, PROMETHEUS_TOKEN).text)
     assert (P + "meter_tick_seconds_bucket", (("le", "+Inf"),)) in found
+
+
+def test_the_service_process_measures_its_event_loop_lag(hub):
+    def lags():
+        found = samples(get_metrics(hub, PROMETHEUS_TOKEN).text)
+        return found.get((P + "event_loop_lag_seconds_count", ()), 0)
+
+    assert wait_for(lags, timeout=30, interval=0.5, what="a measured event-loop lag") >= 1
+    found = samples(get_metrics(hub, PROMETHEUS_TOKEN).text)
+    assert (P + "event_loop_lag_seconds_bucket", (("le", "0.05"),)) in found
+    assert found[(P + "event_loop_lag_max_seconds", ())] >= 0
 
 
 def test_the_hub_pages_link_to_credits(hub):

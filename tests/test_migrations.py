@@ -152,3 +152,37 @@ def test_the_server_index_migrates_up_and_down_and_serves_the_status_poll(db_url
     finally:
         reset_ledger(engine)
         engine.dispose()
+
+
+# --- 0008: the ledger's write paths as PostgreSQL functions ----------------------------------
+
+
+def test_the_ledger_functions_migrate_up_and_down(db_url):
+    """0008 installs the functions on PostgreSQL (and nothing on SQLite); a Ledger uses them
+    where they are and writes through its Python path where they are not."""
+    from jupyterhub_credits.ledger import functions
+
+    engine = database.make_engine(db_url)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        assert functions.installed(engine) is postgres
+        assert Ledger(engine).uses_server_functions is postgres
+        with engine.begin() as connection:
+            command.downgrade(database.alembic_config(connection), "0007")
+        assert database.current_revision(engine) == "0007"
+        assert not functions.installed(engine)
+        below = Ledger(engine)
+        assert not below.uses_server_functions
+        below.grant("alice", 10, key="g-0007", reason="r", actor="a")  # the Python path
+        below.close()
+        database.upgrade(engine)
+        assert database.current_revision(engine) == database.head_revision() == "0008"
+        assert functions.installed(engine) is postgres
+        if postgres:
+            above = Ledger(engine)
+            deducted = above.deduct("alice", 10, key="d-0008", reason="r", actor="a")
+            assert deducted.transfer.amount == 10
+            above.close()
+    finally:
+        reset_ledger(engine)
+        engine.dispose()

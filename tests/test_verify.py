@@ -10,6 +10,10 @@ from conftest import reset_ledger
 from sqlalchemy import text
 
 from jupyterhub_credits.ledger.verify import verify
+from test_ledger_paths import DEPLOYED_PATHS, ledger_path_over
+from test_ledger_paths import db_url, ledger, ledger_options  # noqa: F401
+
+ledger_path = ledger_path_over(DEPLOYED_PATHS)
 
 CHECKS = {"balances_sum_to_zero", "cached_balances", "no_overdraft", "reserved_matches_holds",
           "holds_resolved_once", "keys_applied_once", "reversals_once", "lots"}

@@ -9,6 +9,12 @@ Locks are always taken in one order — the transfer's key, the hold, then the
 owner account, whose row lock guards all of that account's lots — so
 concurrent writers queue instead of deadlocking, and the rare conflict
 PostgreSQL still reports is retried.
+
+On PostgreSQL, grant/earn, deduct, hold, post and void (the sweep's too) run as one
+call of a server function each (migration 0008, ``functions.py``): the same
+statements in the same order, in one round trip instead of 6-11. Their Python
+path, below, is what SQLite always runs; ``server_functions=False`` forces it on
+PostgreSQL too. Both write identical rows and raise identical errors.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..quoting import quote_input
-from . import database
+from . import database, functions
 from .amounts import MAX_UNITS, InvalidAmount
 from .errors import (
     HoldNotPending,
@@ -181,10 +187,17 @@ class _Raced(Exception):
 class Ledger:
     """All money movements. Thread-safe; share one per process."""
 
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow):
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow,
+                 server_functions: bool | None = None):
+        """``server_functions``: on PostgreSQL, write through the ledger's server functions
+        (True), or through the Python path (False); None uses them where installed."""
         self.engine = engine
         self.clock = clock
         self._dialect = engine.dialect.name
+        if server_functions and self._dialect != "postgresql":
+            raise InvalidRequest("the ledger's server functions exist only on PostgreSQL")
+        self._server_functions = server_functions
+        self._functions = functions.ServerFunctions(engine)
         # Accounts are never deleted, so their ids (and names) can be remembered.
         self._account_ids: dict[str, int] = {}
         self._account_names: dict[int, str] = {}
@@ -194,13 +207,21 @@ class Ledger:
 
     @classmethod
     def open(cls, url: str = database.DEFAULT_URL, *, clock: Clock = utcnow, upgrade: bool = True,
-             **engine_kwargs) -> "Ledger":
+             server_functions: bool | None = None, **engine_kwargs) -> "Ledger":
         engine = database.make_engine(url, **engine_kwargs)
         if upgrade:
             database.ensure_schema(engine)
-        return cls(engine, clock=clock)
+        return cls(engine, clock=clock, server_functions=server_functions)
+
+    @property
+    def uses_server_functions(self) -> bool:
+        """Whether writes go through the server functions (decided on first use)."""
+        if self._server_functions is None:
+            self._server_functions = functions.installed(self.engine)
+        return self._server_functions
 
     def close(self) -> None:
+        self._functions.close()
         self.engine.dispose()
 
     # --- money in and out ---------------------------------------------------
@@ -218,6 +239,17 @@ class Ledger:
         digest = request_digest(fingerprint or {
             "op": kind, "account": name, "amount": amount, "reason": reason,
             "expires_at": expires_at, "metadata": metadata})
+        if self.uses_server_functions:
+            created_at = self.clock()
+            return self._call_function(
+                "grant", key, digest,
+                (key, digest, kind, name, account_kind(name), amount,
+                 functions.timestamp(expires_at), actor or "unknown", reason or "",
+                 _json(metadata), functions.timestamp(created_at),
+                 functions.timestamp(created_at)),
+                lambda row: Transfer(row[0], key, kind, ISSUANCE, name, amount, created_at,
+                                     actor or "unknown", reason or "", metadata),
+                name=name)
 
         created = {}
 
@@ -255,6 +287,15 @@ class Ledger:
         digest = request_digest(fingerprint or {
             "op": "deduct", "account": name, "amount": amount, "reason": reason,
             "metadata": metadata})
+        if self.uses_server_functions:
+            created_at = self.clock()
+            return self._call_function(
+                "deduct", key, digest,
+                (key, digest, name, amount, actor or "unknown", reason or "", _json(metadata),
+                 functions.timestamp(created_at), functions.timestamp(self.clock())),
+                lambda row: Transfer(row[0], key, "deduct", name, ISSUANCE, amount, created_at,
+                                     actor or "unknown", reason or "", metadata),
+                name=name, amount=amount, what="debit")
 
         def work(conn: Connection) -> int:
             account_id = self._existing_id(conn, name)
@@ -279,6 +320,17 @@ class Ledger:
         digest = request_digest(fingerprint or {
             "op": "hold", "account": name, "amount": amount, "reason": reason,
             "timeout_s": timeout.total_seconds() if timeout else None, "metadata": metadata})
+        if self.uses_server_functions:
+            now = self.clock()
+            created_at = self.clock()
+            return self._call_function(
+                "hold", key, digest,
+                (key, digest, name, amount, actor or "unknown", reason or "", _json(metadata),
+                 functions.timestamp(now), functions.timestamp(created_at),
+                 functions.timestamp(now + timeout) if timeout else None),
+                lambda row: Transfer(row[0], key, "hold", name, USAGE, amount, created_at,
+                                     actor or "unknown", reason or "", metadata),
+                name=name, amount=amount, what="hold")
 
         def work(conn: Connection) -> int:
             account_id = self._existing_id(conn, name)
@@ -313,6 +365,17 @@ class Ledger:
         digest = request_digest(fingerprint or {
             "op": "post", "hold": hold_key, "amount": amount, "reason": reason,
             "metadata": metadata})
+        if self.uses_server_functions:
+            now = self.clock()
+            created_at = self.clock()
+            return self._call_function(
+                "post", key, digest,
+                (key, digest, hold_key, amount, actor or "unknown", reason or "",
+                 _json(metadata), functions.timestamp(now), functions.timestamp(created_at)),
+                lambda row: Transfer(row[0], key, "post", row[1], row[2], int(row[3]),
+                                     created_at, actor or "unknown", reason or "", metadata,
+                                     pending_id=row[4]),
+                hold_key=hold_key, amount=amount)
 
         def work(conn: Connection) -> int:
             hold = self._find_hold(conn, hold_key)
@@ -345,6 +408,17 @@ class Ledger:
               timed_out_by: datetime | None = None) -> TransferResult:
         digest = request_digest(fingerprint or {
             "op": "void", "hold": hold_key, "reason": reason, "metadata": metadata})
+        if self.uses_server_functions:
+            created_at = self.clock()
+            return self._call_function(
+                "void", key, digest,
+                (key, digest, hold_key, actor or "unknown", reason or "", _json(metadata),
+                 functions.timestamp(created_at), functions.timestamp(self.clock()),
+                 functions.timestamp(timed_out_by)),
+                lambda row: Transfer(row[0], key, "void", row[1], row[2], int(row[3]),
+                                     created_at, actor or "unknown", reason or "", metadata,
+                                     pending_id=row[4]),
+                hold_key=hold_key, timed_out_by=timed_out_by, system=system)
 
         def work(conn: Connection) -> int:
             hold = self._find_hold(conn, hold_key)
@@ -714,6 +788,29 @@ class Ledger:
             return TransferResult(claimed, duplicate=False)
         raise IdempotencyConflict(f"could not apply {key!r}: concurrent conflicting requests")
 
+    def _call_function(self, operation: str, key: str, digest: str, params: tuple,
+                       build: Callable[[tuple], Transfer], *, system: bool = False,
+                       **context) -> TransferResult:
+        """The server-function path of a write: what ``_transact`` is to the Python path."""
+        _check_key(key, system=system)
+        hold_key = context.get("hold_key")
+        if "hold_key" in context and (not isinstance(hold_key, str) or not hold_key):
+            raise InvalidRequest("hold must be the idempotency key of a hold")
+        for _ in range(3):
+            try:
+                row = self._functions.call(operation, params)
+            except functions.Refused as refused:
+                if refused.code == functions.KEY_TAKEN:
+                    return self._existing_result(key, digest)
+                if refused.code == functions.UNIQUE_VIOLATION:
+                    # As in _transact: a concurrent writer got there first; look again.
+                    if self._key_taken(key):
+                        return self._existing_result(key, digest)
+                    continue
+                raise _refusal(refused, **context) from None
+            return TransferResult(build(row), duplicate=False)
+        raise IdempotencyConflict(f"could not apply {key!r}: concurrent conflicting requests")
+
     def _key_taken(self, key: str) -> bool:
         with database.read_transaction(self.engine) as conn:
             return conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first() \
@@ -1000,13 +1097,46 @@ def _check_key(key: Any, *, system: bool = False) -> None:
 
 
 def _require_funds(name: str, spendable: list[tuple[int, int]], amount: int, what: str) -> None:
-    from .amounts import format_exact
-
     available = sum(free for _, free in spendable)
     if available < amount:
-        raise InsufficientFunds(
-            f"insufficient funds: {name} has {format_exact(available)} credits available, "
-            f"{format_exact(amount)} needed for this {what}")
+        raise _insufficient(name, available, amount, what)
+
+
+def _insufficient(name: str, available: int, amount: int, what: str) -> InsufficientFunds:
+    from .amounts import format_exact
+
+    return InsufficientFunds(
+        f"insufficient funds: {name} has {format_exact(available)} credits available, "
+        f"{format_exact(amount)} needed for this {what}")
+
+
+def _refusal(refused: functions.Refused, *, name: str | None = None, amount: int | None = None,
+             what: str | None = None, hold_key: str | None = None,
+             timed_out_by: datetime | None = None):
+    """The exception the Python path raises for what a server function refused."""
+    code, detail = refused.code, refused.detail
+    if code == functions.UNKNOWN_ACCOUNT:
+        return UnknownAccount(name)
+    if code == functions.INSUFFICIENT_FUNDS:
+        return _insufficient(name, int(detail), amount, what)
+    if code == functions.UNKNOWN_HOLD:
+        return UnknownTransfer(f"unknown hold: {hold_key}")
+    if code == functions.NOT_A_HOLD:
+        return InvalidRequest(f"transfer {hold_key!r} is a {detail}, not a hold")
+    if code == functions.POST_EXCEEDS_HOLD:
+        return InvalidRequest(
+            f"cannot post {amount} units: hold {hold_key!r} reserves only {detail}")
+    if code == functions.HOLD_NOT_PENDING:
+        if detail == "pending":
+            return HoldNotPending(f"hold {hold_key!r} no longer times out by "
+                                  f"{timed_out_by.isoformat()}")
+        return HoldNotPending(f"hold {hold_key!r} was already {detail}")
+    raise AssertionError(f"unknown ledger SQLSTATE {code}")  # pragma: no cover
+
+
+def _json(value: Any) -> str | None:
+    """A JSON column's value as SQLAlchemy's JSON type writes it (None: SQL NULL)."""
+    return None if value is None else json.dumps(value)
 
 
 def _draw(spendable: list[tuple[int, int]], amount: int) -> Iterator[tuple[int, int]]:

@@ -46,7 +46,7 @@ from .api.events import MAX_BODY_BYTES
 from .context import ServiceContext
 from .hub import HubClient
 from .meter import Meter
-from .metrics import MetricsHandler
+from .metrics import EventLoopLagProbe, MetricsHandler
 from .pages import STATIC_DIR, page_handlers, template_environment
 
 
@@ -153,6 +153,10 @@ class CreditsService(Application):
     run_meter = Bool(True, config=True, help="""Run the meter (billing, warnings, expiry,
         reconciliation) in this process. Run it in exactly one service process.""")
 
+    event_loop_lag_log_threshold = Float(1.0, config=True, help="""Log a warning when the
+        event loop runs a callback this many seconds late (something blocked it). Every lag
+        is in the metric jupyterhub_credits_event_loop_lag_seconds; 1 s, as the hub's own.""")
+
     @default("log_level")
     def _default_log_level(self):
         return "INFO"
@@ -237,6 +241,9 @@ class CreditsService(Application):
         url = urlparse(self.bind_url or self.service_url)
         self.make_server(app).listen(url.port, url.hostname)
         self.log.info("credits service listening on %s%s", self.service_url, self.service_prefix)
+        lag_probe = EventLoopLagProbe(log_threshold=self.event_loop_lag_log_threshold,
+                                      log=self.log)
+        lag_probe.start()
         if context.meter is not None:
             context.meter.start()
         payer = None
@@ -250,6 +257,7 @@ class CreditsService(Application):
             loop.add_signal_handler(signum, stopping.set)
         await stopping.wait()
         self.log.info("credits service stopping")
+        lag_probe.stop()
         if payer is not None:
             payer.stop()
         if context.meter is not None:

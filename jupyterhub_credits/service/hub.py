@@ -1,8 +1,9 @@
 """The hub's REST API as the credits service uses it, through Tornado's async HTTP client.
 
 Only what the meter and the API need: list active servers (paginated),
-read one user, list every user's name (paginated), read a group's members,
-stop one server. The service's own token
+read one user (with its servers: how the meter checks a few users at a time),
+list every user's name (paginated), read a group's members, stop one server.
+The service's own token
 (``$JUPYTERHUB_API_TOKEN``, role ``credits-service``) authorises every call.
 """
 
@@ -142,12 +143,18 @@ class HubClient:
                 return names
             offset = following["offset"]
 
-    async def active_servers(self) -> dict[tuple[str, str], ServerState]:
-        """Every active server (started, starting or stopping), all pages of users."""
+    async def active_servers(self, page_size: int | None = None
+                             ) -> dict[tuple[str, str], ServerState]:
+        """Every active server (started, starting or stopping), all pages of users.
+
+        Each page costs the hub more than its users: it sorts and counts every user
+        with an active server for each request (see bench/hub_scale.py).
+        """
         servers: dict[tuple[str, str], ServerState] = {}
         offset = 0
         while True:
-            query = urlencode({"state": "active", "offset": offset, "limit": self.page_size})
+            query = urlencode({"state": "active", "offset": offset,
+                               "limit": page_size or self.page_size})
             _, data = await self.request("GET", f"/users?{query}", accept=PAGINATION_MEDIA_TYPE)
             if isinstance(data, list):  # a hub that ignores the pagination media type
                 items, following = data, None

@@ -7,8 +7,11 @@ made by the command line all count, and every service replica answers the
 same. One scrape's read is a handful of aggregate queries in one snapshot
 (``read_totals``), kept for at most ``MAX_AGE_S`` seconds (by the service's
 injected clock) so that several Prometheus servers, or a short scrape
-interval, cost one read. Only the meter's tick duration is a live instrument
-(``meter.core.TICK_SECONDS``), observed by the meter in the service process.
+interval, cost one read. Two live instruments are observed in the service
+process: the meter's tick duration (``meter.core.TICK_SECONDS``) and the
+event loop's lag (``EVENT_LOOP_LAG``, ``EventLoopLagProbe``): how late the
+loop runs a callback due at a known moment, i.e. how long something blocked
+every request, tick and scheduled stop in flight.
 
 Everything is exposed from a private ``CollectorRegistry``, never
 prometheus_client's global one (the hub's own metrics live there when the
@@ -19,12 +22,14 @@ by the catalog. Amounts are credits (units / ``UNITS_PER_CREDIT``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
@@ -64,6 +69,17 @@ STOP_LABELS = ("expiry", "idle_gpu", "user", "admin", "crash", "other")
 NOT_STOPS = ("refused",)
 #: The label of an event that matched no rule (e.g. an unknown kind, rejected).
 NO_RULE = "none"
+
+#: Fine buckets below 50 ms (an idle loop answers within a millisecond; 50 ms is what no
+#: credits code may block it for), then the ranges a stall is told apart in.
+EVENT_LOOP_LAG = Histogram(
+    f"{PREFIX}event_loop_lag_seconds", "How late the service's event loop ran a callback "
+    "due at a known moment (probed every 50 ms): how long something blocked the loop.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=None)
+#: A histogram says how many stalls fell in a bucket, not how long the worst one was.
+EVENT_LOOP_LAG_MAX = Gauge(f"{PREFIX}event_loop_lag_max_seconds", "The longest event-loop "
+                           "lag seen since the service started.", registry=None)
 
 
 @dataclass(frozen=True)
@@ -195,12 +211,67 @@ class CreditsCollector(Collector):
         yield from (holds_open, reserved, running, sold, stops, counted)
 
 
+class EventLoopLagProbe:
+    """Measures how late the running event loop fires a callback due every ``interval`` s.
+
+    A callback scheduled with ``call_at`` for a known moment runs late by exactly
+    as long as the loop was busy elsewhere (a blocking call, a long callback)
+    when that moment came; an idle loop runs it within about a millisecond. One
+    plain callback (no task, no coroutine) 20 times a second costs next to nothing.
+    Each lag is observed in ``histogram``, the largest kept in ``maximum``; a lag
+    of ``log_threshold`` s or more is logged as the hub logs its own
+    (``PeriodicMetricsCollector.event_loop_interval_log_threshold``, default 1 s).
+    """
+
+    def __init__(self, interval: float = 0.05, *, histogram: Histogram = EVENT_LOOP_LAG,
+                 maximum: Gauge = EVENT_LOOP_LAG_MAX, log_threshold: float = 1.0,
+                 log: logging.Logger | None = None):
+        self.interval = interval
+        self.histogram, self.maximum = histogram, maximum
+        self.log_threshold = log_threshold
+        self.log = log or logging.getLogger(__name__)
+        self.samples = 0
+        self.largest = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        """Start probing the running loop (call from inside it)."""
+        self._loop = asyncio.get_running_loop()
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        self._due = self._loop.time() + self.interval
+        self._handle = self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        # The loop may run a timer up to its clock resolution early: that is no lag.
+        lag = max(0.0, self._loop.time() - self._due)
+        self.samples += 1
+        self.histogram.observe(lag)
+        if lag > self.largest:
+            self.largest = lag
+            self.maximum.set(lag)
+        if lag >= self.log_threshold:
+            self.log.warning("credits service: the event loop was blocked for %.3f s", lag)
+        self._schedule()
+
+
 def make_registry(context: ServiceContext, *, max_age: float = MAX_AGE_S) -> CollectorRegistry:
-    """A private registry with the database totals of ``context`` and the meter's histogram."""
+    """A private registry with the database totals of ``context``, the meter's histogram
+    and the event loop's lag."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CreditsCollector(context.ledger.engine, clock=context.clock,
                                        gpu_types=context.catalog.gpu_types, max_age=max_age))
     registry.register(TICK_SECONDS)
+    registry.register(EVENT_LOOP_LAG)
+    registry.register(EVENT_LOOP_LAG_MAX)
     return registry
 
 

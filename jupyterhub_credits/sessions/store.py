@@ -526,3 +526,43 @@ class SessionStore:
         with database.write_transaction(self.engine) as conn:
             conn.execute(update(sessions).where(sessions.c.key == key).values(
                 state="ended", end_reason=reason, ended_at=self.clock(), charged=0))
+
+    # --- reconciliation a few users at a time (the meter's rolling check) -------------------
+
+    def open_session_summaries_of(self, users: list[str]) -> list[SessionSummary]:
+        """The open sessions of ``users`` (a range of the open-server partial index each)."""
+        if not users:
+            return []
+        columns = [sessions.c[name] for name in SessionSummary.__dataclass_fields__]
+        with database.read_transaction(self.engine) as conn:
+            return [SessionSummary(*row) for row in conn.execute(
+                select(*columns).where(sessions.c.state != "ended",
+                                       sessions.c.user.in_(sorted(set(users))))
+                .order_by(sessions.c.id))]
+
+    def users_with_open_sessions_after(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` names of users with an open session, in name order, after ``after``
+        (a walk over the open-server partial index, however many sessions ended)."""
+        query = select(sessions.c.user).where(sessions.c.state != "ended")
+        if after is not None:
+            query = query.where(sessions.c.user > after)
+        with database.read_transaction(self.engine) as conn:
+            return list(conn.execute(query.distinct().order_by(sessions.c.user).limit(limit))
+                        .scalars())
+
+    def settling_summaries(self) -> list[SessionSummary]:
+        """Sessions whose settlement was interrupted (state ``settling``; the state index)."""
+        columns = [sessions.c[name] for name in SessionSummary.__dataclass_fields__]
+        with database.read_transaction(self.engine) as conn:
+            return [SessionSummary(*row) for row in conn.execute(
+                select(*columns).where(sessions.c.state == "settling").order_by(sessions.c.id))]
+
+    def open_keys(self, keys: set[str]) -> set[str]:
+        """Which of ``keys`` name a session still open (by the unique key index, 500 a query)."""
+        keys, found = sorted(set(keys)), set()
+        with database.read_transaction(self.engine) as conn:
+            for start in range(0, len(keys), 500):
+                found.update(conn.execute(select(sessions.c.key).where(
+                    sessions.c.key.in_(keys[start:start + 500]),
+                    sessions.c.state != "ended")).scalars())
+        return found

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import url_path_join, wait_for_http_server
+from sqlalchemy.exc import DBAPIError
 from traitlets import Bool, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -41,7 +42,7 @@ _in_poll: contextvars.ContextVar[bool] = contextvars.ContextVar("credits_in_poll
 
 # HTTP statuses of admission refusals, for the REST API.
 REFUSAL_STATUS = {"invalid": 400, "quota": 403, "balance": 402, "capacity": 503,
-                  "start_failed": 500}
+                  "start_failed": 500, "database": 503}
 
 
 def refuse(message: str, reason: str) -> SpawnException:
@@ -51,6 +52,20 @@ def refuse(message: str, reason: str) -> SpawnException:
     error.jupyterhub_message = message
     error.jupyterhub_html_message = None
     return error
+
+
+def database_unavailable(error: DBAPIError) -> str:
+    """What a person is told when the credits database failed during their start (a full
+    disk, a restarted or unreachable server): not a stack trace, and that it cost nothing."""
+    text = str(error.orig or error).lower()
+    if "full" in text or "no space" in text:
+        why = "its disk is full"
+    elif error.connection_invalidated or "connect" in text or "terminat" in text:
+        why = "the connection to it was lost"
+    else:
+        why = "it did not answer"
+    return (f"The credits database is unavailable right now ({why}), so the server was not "
+            "started. Nothing was charged. Try again in a moment.")
 
 
 def utcnow() -> datetime:
@@ -171,6 +186,19 @@ class CreditsSpawner(LoggingConfigurable):
     # --- start -------------------------------------------------------------------------
 
     async def start(self):
+        self._starting = True
+        try:
+            return await self._admit_and_start()
+        except DBAPIError as error:
+            # Whatever was held is voided by the start's own clean-up or, if the database
+            # is still failing then, by the meter's reconciliation of the open session.
+            self.log.warning("credits: the credits database failed while starting %s: %s",
+                             self._log_name, error.orig or error)
+            raise refuse(database_unavailable(error), "database") from None
+        finally:
+            self._starting = False
+
+    async def _admit_and_start(self):
         context = self.credits
         try:
             request = validate_request(context.catalog, self.user_options)
@@ -219,6 +247,7 @@ class CreditsSpawner(LoggingConfigurable):
         try:
             await self.place_on_gpus(session, request)
             started = await super().start()
+            self._save_state_now()
             url = _as_url(started)
             if self.credits_ready_check:
                 await self._wait_until_answering(url)
@@ -228,6 +257,20 @@ class CreditsSpawner(LoggingConfigurable):
             # A failed or cancelled start costs nothing: void the hold, free the GPUs.
             await self._settle(session.key, "start_failed", ended_now=False)
             raise
+
+    def _save_state_now(self) -> None:
+        """Record the new process (its pid, its pod) in the hub's database at once.
+
+        The hub stores a spawner's state only when start() returns, and this start
+        returns only once the server answers, seconds later: a hub killed in between
+        would lose the process, which would run on, unknown, on GPUs the allocator then
+        gives to someone else. Stored now, the restarted hub finds it (see ``poll``).
+        """
+        orm_spawner, db = getattr(self, "orm_spawner", None), getattr(self, "db", None)
+        if orm_spawner is None or db is None:
+            return
+        orm_spawner.state = self.get_state()
+        db.commit()
 
     async def _wait_until_answering(self, url: str) -> None:
         """Wait for the server's /api to answer; fail at once if the server dies first."""
@@ -247,13 +290,40 @@ class CreditsSpawner(LoggingConfigurable):
     # --- stop and settlement ---------------------------------------------------------------
 
     _stopped_by_hub = False
+    _starting = False  # this object's start() is under way
+    _interrupted_start_checked = False
 
     async def poll(self):
         token = _in_poll.set(True)
         try:
-            return await super().poll()
+            status = await super().poll()
+            if status is None and not self._starting and not self._interrupted_start_checked:
+                status = await self._end_interrupted_start()
+            return status
         finally:
             _in_poll.reset(token)
+
+    async def _end_interrupted_start(self) -> int | None:
+        """Once per spawner object, outside its own start: a server whose session never
+        became ready was being started by a hub that died (a restarted hub polls it
+        first). It never answered for this hub and is not paid for: stop it, and say
+        it is gone (1) so that the hub settles its session (nothing charged). None: fine."""
+        key = self.credits_session_key
+        if not key:
+            self._interrupted_start_checked = True
+            return None
+        try:
+            session = await asyncio.to_thread(self.credits.sessions.get, key)
+        except Exception:  # noqa: BLE001 - asked again at the next poll
+            self.log.exception("credits: could not read %s's session %s", self._log_name, key)
+            return None
+        self._interrupted_start_checked = True
+        if session is None or session.state != "starting":
+            return None
+        self.log.warning("credits: %s was still starting when the hub stopped; stopping it "
+                         "(session %s, nothing charged)", self._log_name, key)
+        await super().stop(now=True)
+        return 1
 
     async def stop(self, now=False):
         await super().stop(now=now)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from http.client import responses
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from sqlalchemy.exc import DBAPIError
 from tornado import web
 
 from ...quoting import quote_input, unstorable_text
@@ -26,6 +27,25 @@ from ..hub import HubUnavailable
 
 #: What a caller is told when the hub's REST API does not answer.
 HUB_DOWN = "the hub is not answering; try again shortly"
+#: Seconds a client is asked to wait (Retry-After) when the credits database is unavailable.
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable(error: DBAPIError) -> str:
+    """What a caller is told when the credits database failed under a request (a full disk,
+    a restarted or unreachable server): a 503 to retry, not an internal error. Retrying is
+    safe: every write the API takes is idempotent by its key or refused as a whole."""
+    text = str(error.orig or error).lower()
+    if "full" in text or "no space" in text:
+        why = "its disk is full"
+    elif error.connection_invalidated or "connect" in text or "terminat" in text \
+            or "closed" in text:
+        why = "the connection to it was lost"
+    elif "locked" in text:
+        why = "it is busy"
+    else:
+        why = "it failed"
+    return f"the credits database is unavailable right now ({why}); try again shortly"
 
 
 class APIError(web.HTTPError):
@@ -168,9 +188,19 @@ class APIHandler(HubUserHandler):
         """Database work off the event loop."""
         return await asyncio.to_thread(function, *args, **kwargs)
 
+    def send_error(self, status_code: int = 500, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, DBAPIError) and status_code == 500:
+            # Not our bug but the database's state: the caller should retry, not report it.
+            status_code = 503
+        super().send_error(status_code, **kwargs)
+
     def write_error(self, status_code, **kwargs):
         error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, APIError):
+        if isinstance(error, DBAPIError):
+            message = database_unavailable(error)
+            self.set_header("Retry-After", str(DATABASE_RETRY_AFTER))
+        elif isinstance(error, APIError):
             message = error.message
         elif isinstance(error, web.HTTPError) and status_code < 500:
             message = (error.log_message % error.args if error.log_message and error.args

@@ -206,6 +206,8 @@ class ExtendAPIHandler(APIHandler):
                 message = " ".join(filter(None, [message, "Auto-extend is " + (
                     "on." if auto_extend else "off.")]))
             session = await run(sessions.get, session.key)
+            if context.meter is not None:  # its stop and warnings move with paid_until
+                context.meter.schedule.plan(session)
         self.write_json({"session": session_to_dict(session, context.clock(),
                                                     notice=context.notices().get(session.key)),
                          "message": message, "duplicate": duplicate})

@@ -8,6 +8,9 @@ on rows no extension can have changed since — and each is expired
 (``expiry.py``), auto-extended (``autoextend.py``) or warned (``expiry.py``);
 idle GPUs about once a minute (``idle.py``); finally the stops just decided
 and those still pending go to the hub, outside the lock (``stops.py``).
+Each session read as due also gets a timer for its next exact moment, a
+warning or the end of its paid time (``schedule.py``): the stop is decided at
+``paid_until`` itself, not at the next tick, and the tick stays the fallback.
 A stop asked for through the API (``stop_now``) is settled under the same
 lock and sent at once, not at the next tick.
 
@@ -40,6 +43,7 @@ from .common import METER_ACTOR
 from .expiry import Expiry, is_expired
 from .idle import IdleGpus
 from .reconcile import ReconcilePlan, Reconciler
+from .schedule import Schedule
 from .stops import PendingStop, StopQueue
 
 #: Threads of the meter's own pool (database work, the hub's host name): the tick's
@@ -146,6 +150,44 @@ class Meter(LoggingConfigurable):
         start or stop in progress is never mistaken for one.""",
     )
 
+    reconcile_page_size = Int(
+        25,
+        config=True,
+        help="""Users per page of the hub's list of active servers in a full reconciliation
+        (at start-up, after the hub or the database failed a reconciliation step, and when
+        more mismatches await confirmation than one tick checks). Each page costs the hub
+        a sort and a count of every user with an active server, whatever its size, plus
+        its users: at 10,000 users on 2 cores, 25 a page held the hub's event loop
+        ~43 ms (50: ~59 ms, 200: ~150 ms; bench/hub_scale.py).""",
+    )
+
+    @validate("reconcile_page_size")
+    def _check_reconcile_page_size(self, proposal):
+        if not 1 <= proposal.value <= 200:  # the hub's default api_page_max_limit
+            raise ValueError("Meter.reconcile_page_size must be 1 to 200, "
+                             f"not {proposal.value}")
+        return proposal.value
+
+    reconcile_users_per_tick = Int(
+        10,
+        config=True,
+        help="""Users checked with the hub each tick between full reconciliations, one
+        GET /hub/api/users/{name} each (its cost to the hub does not grow with the number
+        of users: 2-5 ms of its event loop each): first those with a mismatch whose grace
+        is over, then users of ended sessions still holding GPUs, then the next users with
+        an open session in name order. A walk over all of them starts at most every
+        reconcile_interval; with N such users it takes about N / reconcile_users_per_tick
+        ticks (the default: 100 users in 50 s, 1,000 in about 8 minutes). Raise it where
+        many users run servers and the hub has room.""",
+    )
+
+    @validate("reconcile_users_per_tick")
+    def _check_reconcile_users_per_tick(self, proposal):
+        if not proposal.value >= 1:
+            raise ValueError("Meter.reconcile_users_per_tick must be at least 1, "
+                             f"not {proposal.value}")
+        return proposal.value
+
     stop_unpaid_servers = Bool(
         True,
         config=True,
@@ -210,6 +252,7 @@ class Meter(LoggingConfigurable):
         self.auto_extender = AutoExtender(self)
         self.idle = IdleGpus(self, earning)
         self.reconciler = Reconciler(self)
+        self.schedule = Schedule(self)
         self._busy = False
         self._callback: PeriodicCallback | None = None
         #: (user, server name) → key of the session ``stop_now`` last settled there.
@@ -284,6 +327,7 @@ class Meter(LoggingConfigurable):
     # --- scheduling ----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.schedule.armed = True  # real time from here on: timers mean something
         self._callback = PeriodicCallback(self.tick, self.interval * 1000)
         self._callback.start()
         IOLoop.current().add_callback(self.tick)
@@ -295,12 +339,17 @@ class Meter(LoggingConfigurable):
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
+        self.schedule.armed = False
+        self.schedule.clear()
         self._executor.shutdown(wait=False)
 
     @property
     def window(self) -> float:
-        """How far ahead of now a session's end needs attention (warnings, auto-extend)."""
-        return max([0, *self.warning_thresholds, self.auto_extend_lead])
+        """How far ahead of now a session's end needs attention (warnings, auto-extend).
+
+        At least two intervals, so that every paid time ending before the next tick
+        has its timer armed by this one."""
+        return max([0, *self.warning_thresholds, self.auto_extend_lead, 2 * self.interval])
 
     async def tick(self) -> TickReport | None:
         """One pass; never raises (a failing pass is logged and the next one tries again)."""
@@ -325,6 +374,44 @@ class Meter(LoggingConfigurable):
     def due(self, now: datetime) -> list[Session]:
         """Running sessions whose paid time ends within the window, soonest first."""
         return self.sessions.ending_by(now + timedelta(seconds=self.window))
+
+    async def attend(self, key: str) -> TickReport | None:
+        """Attend to one session at its scheduled moment (``Schedule`` calls it): expire it,
+        auto-extend or warn it as a tick would, then send its stop at once. Never raises."""
+        try:
+            report = TickReport(at=self.clock())
+            async with self.lock:
+                session = await self.db(self.sessions.get, key)  # as it is now
+                if session is None or session.state != "running":
+                    self.schedule.cancel(key)
+                    return None
+                report.at = now = self.clock()
+                decided = await self._attend(session, now, report)
+            if decided:
+                await self.stops.send_now(key)
+            return report
+        except Exception:  # noqa: BLE001 - the next tick tries again
+            self.log.exception("credits meter: attending to session %s failed", key)
+            return None
+
+    async def _attend(self, session: Session, now: datetime, report: TickReport) -> bool:
+        """Expire, auto-extend or warn one due session (under the lock); whether a stop was
+        decided. Its timer is armed again for its next moment."""
+        if is_expired(session, now):
+            self.schedule.cancel(session.key)
+            if await self.expiry.expire(session):
+                report.expired.append(session.key)
+                return True
+            return False
+        if wants_auto_extend(session, now, self.auto_extend_lead):
+            extended = await self.auto_extender.extend(session, now)
+            if extended is not None:
+                report.extended.append(session.key)
+                session = extended
+        if await self.expiry.warn(session, now):
+            report.warned.append(session.key)
+        self.schedule.plan(session)  # thresholds just crossed are behind ``now``: not armed
+        return False
 
     async def reconcile(self, now: datetime | None = None) -> ReconcilePlan | None:
         return await self.reconciler.run(now or self.clock())
@@ -351,18 +438,8 @@ class Meter(LoggingConfigurable):
             report.db_seconds += time.perf_counter() - db_started
             report.due = len(due)
             for session in due:
-                if is_expired(session, now):
-                    if await self.expiry.expire(session):
-                        decided.append(session.key)
-                        report.expired.append(session.key)
-                    continue
-                if wants_auto_extend(session, now, self.auto_extend_lead):
-                    extended = await self.auto_extender.extend(session, now)
-                    if extended is not None:
-                        report.extended.append(session.key)
-                        session = extended
-                if await self.expiry.warn(session, now):
-                    report.warned.append(session.key)
+                if await self._attend(session, now, report):
+                    decided.append(session.key)
         if self.idle.due(now):
             idle = await self.idle.find(now, skip=decided)
             async with self.lock:

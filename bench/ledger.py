@@ -334,6 +334,9 @@ def _load(load: tuple[float, float, float]) -> list[float]:
 #: prepared statements too (psycopg prepares a statement it sends repeatedly).
 PGBENCH_ARGS = ["-b", "simple-update", "-M", "prepared"]
 PGBENCH_SCALE = 1
+#: Also measured, for the transfers: pgbench's default script (what "pgbench tps" means
+#: when nothing else is said), with its branch-row queue at scale 1.
+PGBENCH_TPCB_ARGS = ["-b", "tpcb-like", "-M", "prepared"]
 
 
 @contextlib.contextmanager
@@ -353,9 +356,9 @@ def pgbench_database(admin_url: str):
         subprocess.run([executable, "-i", "-q", "-s", str(PGBENCH_SCALE), *connection, name],
                        check=True, capture_output=True, text=True, env=env)
 
-        def run(clients: int, seconds: float) -> dict:
+        def run(clients: int, seconds: float, arguments=PGBENCH_ARGS) -> dict:
             threads = max(1, min(clients, len(os.sched_getaffinity(0))))
-            command = [executable, *PGBENCH_ARGS, "-c", str(clients), "-j", str(threads),
+            command = [executable, *arguments, "-c", str(clients), "-j", str(threads),
                        "-T", str(max(1, round(seconds))), *connection, name]
             load_before, busy0 = os.getloadavg(), machine_cpu()
             done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
@@ -378,11 +381,16 @@ def pgbench_database(admin_url: str):
         admin.dispose()
 
 
-def with_pgbench(result: dict, pgbench: dict) -> dict:
-    """Add pgbench's figure, measured right before, and the ledger's ratio to it."""
+def with_pgbench(result: dict, pgbench: dict, tpcb_like: dict | None = None) -> dict:
+    """Add pgbench's figure, measured right before, and the ledger's ratio to it (and to
+    pgbench's default tpcb-like script, where it was measured too)."""
     result["pgbench"] = pgbench
     result["pgbench_tps"] = pgbench["tps"]
     result["ratio_to_pgbench"] = round(result["transfers_per_s"] / pgbench["tps"], 3)
+    if tpcb_like is not None:
+        result["pgbench_tpcb_like"] = tpcb_like
+        result["ratio_to_pgbench_tpcb_like"] = round(
+            result["transfers_per_s"] / tpcb_like["tps"], 3)
     return result
 
 
@@ -783,15 +791,18 @@ def run_backend(backend: str, make_db, builder, args) -> dict:
         for scenario in ("transfers", "hold_post"):
             out["throughput"][scenario] = {}
             for label, processes, threads in CONFIGS:
-                baseline = None
+                baseline = tpcb_like = None
                 if pgbench and label in PGBENCH_CONFIGS:
                     log(f"pgbench {processes} client(s) ({args.duration}s)")
                     baseline = pgbench(processes, args.duration)
+                    if scenario == "transfers":
+                        log(f"pgbench tpcb-like {processes} client(s) ({args.duration}s)")
+                        tpcb_like = pgbench(processes, args.duration, PGBENCH_TPCB_ARGS)
                 log(f"{backend} {scenario} {label} ({args.duration}s)")
                 result = measure(url, scenario, label, processes, threads, args.duration,
                                  args.warmup, admin_url=admin_url)
                 out["throughput"][scenario][label] = \
-                    with_pgbench(result, baseline) if baseline else result
+                    with_pgbench(result, baseline, tpcb_like) if baseline else result
         if postgres:
             # The same loads through the Python path, each right after its own pgbench.
             out["python_path"] = {"throughput": {}}
@@ -812,6 +823,9 @@ def run_backend(backend: str, make_db, builder, args) -> dict:
                        for scenario in figures}
                 for path, figures in (("server_functions", out["throughput"]),
                                       ("python_path", out["python_path"]["throughput"]))}
+            out["vs_pgbench_tpcb_like"] = {
+                label: out["throughput"]["transfers"][label]["ratio_to_pgbench_tpcb_like"]
+                for label in PGBENCH_CONFIGS}
         if postgres and not args.quick:
             # What-ifs for the analysis of the Python path, transfers with 8 writer processes.
             # Not for production: they show what the per-operation overheads cost there.
@@ -892,7 +906,9 @@ def main(argv=None) -> int:
                                "account, append a history row); tpcb-like also updates one "
                                "of `scale` branch rows, so at scale 1 all 8 clients queue on "
                                "one row; -M prepared because the ledger's writers send "
-                               "prepared statements too"},
+                               "prepared statements too",
+                        "also": "for the transfers, pgbench's default tpcb-like script "
+                                "(ratio_to_pgbench_tpcb_like)"},
         },
         "machine": machine(None if args.skip_postgres else args.pg_url),
         # The machine is shared (2 cores): figures are noisy; compare within one run.

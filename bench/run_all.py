@@ -159,7 +159,8 @@ def markdown_table(report: dict) -> str:
     machine_words = (f"{where.get('cpus')} cores ({where.get('cpu_model', where.get('machine'))}), "
                      f"{where.get('memory_gib')} GiB, Python {where.get('python')}")
     if report.get("gathered_from"):
-        rows.append(f"Each script's last full run (`bench/results/`), gathered "
+        rows.append(f"Each script's last saved run (`bench/results/`: each document gives "
+                    f"its options and the machine's load), gathered "
                     f"{report.get('finished', '?')[:10]}, on {machine_words}.")
     else:
         rows.append(f"Measured {report.get('finished', '?')} on {machine_words}, "
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
               "results": {}}
     if args.from_results:
         report["started"] = None
-        report["gathered_from"] = "bench/results/<script>.json: each script's last full run"
+        report["gathered_from"] = "bench/results/<script>.json: each script's last saved run"
     for script in SCRIPTS:
         if script.name not in wanted or script.name in skipped:
             continue

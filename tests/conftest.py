@@ -96,15 +96,20 @@ def module_postgres_url(request):
         yield url
 
 
+def migrated_sqlite_url(directory) -> str:
+    """The URL of a new SQLite ledger database in ``directory``, at the schema's head."""
+    url = f"sqlite:///{directory / 'ledger.sqlite'}"
+    engine = ledger_database.make_engine(url)
+    ledger_database.upgrade(engine)
+    engine.dispose()
+    return url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A ledger database URL, empty and at the schema's head, on each backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-        engine = ledger_database.make_engine(url)
-        ledger_database.upgrade(engine)
-        engine.dispose()
-        return url
+        return migrated_sqlite_url(tmp_path)
     url = request.getfixturevalue("postgres_url")
     engine = ledger_database.make_engine(url)
     reset_ledger(engine)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, migrated_sqlite_url
 from sqlalchemy import text
 
 from jupyterhub_credits.ledger import Ledger, LedgerError
@@ -93,11 +93,7 @@ def ledger_options(ledger_path) -> dict:
 def db_url(ledger_path, request, tmp_path) -> str:
     """A ledger database URL, empty and at the schema's head, for the path."""
     if ledger_path == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-        engine = ledger_database.make_engine(url)
-        ledger_database.upgrade(engine)
-        engine.dispose()
-        return url
+        return migrated_sqlite_url(tmp_path)
     url = request.getfixturevalue("postgres_url")
     engine = ledger_database.make_engine(url)
     empty_postgres_ledger(engine)

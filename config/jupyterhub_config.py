@@ -39,6 +39,10 @@ c.Spawner.default_url = "/lab"
 c.Spawner.http_timeout = 60
 c.Spawner.start_timeout = 120
 c.SimpleLocalProcessSpawner.home_dir_template = str(state / "home" / "{username}")
+# Every image runs in the hub's own environment (one TensorFlow, whatever the image's name
+# says; the spawn page says so). A real machine builds one environment per image instead:
+# `jupyterhub-credits envs build`, and leaves image_environments out.
+c.CreditsLocalProcessSpawner.image_environments = {"*": sys.prefix}
 if os.geteuid() == 0:
     c.Spawner.args = ["--ServerApp.allow_root=True"]
 

@@ -1,7 +1,8 @@
-"""``jupyterhub-credits``: the ledger from the command line (admin operations).
+"""``jupyterhub-credits``: the ledger from the command line (admin operations), and the
+local environments of the catalog's images (``envs build``, ``envs list``).
 
 Exit codes are a contract: 0 done, 1 refused (insufficient funds, unknown
-account, a failed invariant...), 2 usage error (bad arguments or input).
+account, a failed invariant, a failed build...), 2 usage error (bad arguments or input).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import os
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__
+from . import __version__, envs
+from .catalog import CatalogError, load_catalog
 from .ledger import Ledger, LedgerError, account_name, parse_amount
 from .ledger import database
 from .ledger.amounts import InvalidAmount, format_amount
@@ -28,6 +31,8 @@ from .ledger.records import balance_to_dict, transfer_to_dict
 from .ledger.verify import verify
 
 DB_ENV = "JUPYTERHUB_CREDITS_DB_URL"
+CATALOG_ENV = "JUPYTERHUB_CREDITS_CATALOG"
+DEFAULT_CATALOG = "config/catalog.yaml"  # the spawner's default too (relative: to the cwd)
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -140,11 +145,58 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", "write the transfer log as CSV to stdout")
     export.add_argument("--since", type=_since, metavar="ISO")
 
+    _add_envs_commands(command("envs", "local environments of the catalog's images (one "
+                                        "GPU machine: what the local spawners run)"))
+
     db = command("db", "database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_commands.add_parser("upgrade", help="migrate the schema to the latest version")
     db_commands.add_parser("current", help="print the schema revision")
     return parser
+
+
+def _add_envs_commands(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="envs_command", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--catalog", metavar="PATH",
+                        help=f"the hub's catalog (default: ${CATALOG_ENV}, else {DEFAULT_CATALOG})")
+    common.add_argument("--envs-dir", metavar="DIR", dest="envs_dir",
+                        help=f"where the environments are, as CreditsLocalProcessSpawner.envs_dir "
+                             f"(default: ${envs.ENVS_DIR_ENV}, else {envs.DEFAULT_ENVS_DIR})")
+    common.add_argument("--requirements-dir", metavar="DIR", dest="requirements_dir",
+                        help="pinned requirements as DIR/<image id>.txt (default: the ones "
+                             "shipped with jupyterhub-credits)")
+    flavour = common.add_mutually_exclusive_group()
+    flavour.add_argument("--gpu", dest="gpu", action="store_true", default=None,
+                         help="install TensorFlow for GPUs (tensorflow[and-cuda]) whatever "
+                              "this machine has")
+    flavour.add_argument("--cpu", dest="gpu", action="store_false",
+                         help="install the CPU build (tensorflow-cpu) whatever this machine has")
+
+    build = actions.add_parser(
+        "build", parents=[common],
+        help="build the environments of IMAGEs (default: every catalog image)",
+        description="Build each image's environment from its pinned requirements, with "
+                    "tensorflow[and-cuda] where this machine has GPUs (NVML, or "
+                    "$JUPYTERHUB_CREDITS_LOCAL_GPUS) and tensorflow-cpu otherwise, then "
+                    "jupyterhub-credits itself. An environment already built from the same "
+                    "pins is kept (--force rebuilds it). pip's own configuration applies "
+                    "(PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf).")
+    build.add_argument("images", metavar="IMAGE", nargs="*")
+    build.add_argument("--package", metavar="SPEC",
+                       help="what pip installs as jupyterhub-credits (default: this one's "
+                            "source directory or wheel when installed from one, else "
+                            f"jupyterhub-credits=={__version__})")
+    build.add_argument("--python", metavar="PATH", default=sys.executable,
+                       help="the Python the environments are made with (default: this one, "
+                            "%(default)s)")
+    build.add_argument("--force", action="store_true", help="rebuild environments that are "
+                                                            "already built")
+    build.add_argument("--verbose", action="store_true", help="show pip's output")
+
+    listing = actions.add_parser("list", parents=[common],
+                                 help="show every catalog image's environment and its state")
+    listing.add_argument("--json", action="store_true")
 
 
 def _print_json(value) -> None:
@@ -237,6 +289,95 @@ def _apply(args, ledger: Ledger, actor: str) -> int:
     return EXIT_REFUSED if failures else EXIT_OK
 
 
+def envs_main(args) -> int:
+    """``envs build`` and ``envs list`` (no database needed)."""
+    catalog_path = args.catalog or os.environ.get(CATALOG_ENV) or DEFAULT_CATALOG
+    try:
+        catalog = load_catalog(catalog_path)
+    except CatalogError as error:
+        raise UsageError(f"{error} (choose the hub's catalog with --catalog or "
+                         f"${CATALOG_ENV})") from None
+    envs_dir = Path(args.envs_dir or envs.default_envs_dir()).absolute()
+    gpu = envs.machine_has_gpus() if args.gpu is None else args.gpu
+    if args.envs_command == "list":
+        states = [_state(catalog, image_id, envs_dir, args.requirements_dir, gpu)
+                  for image_id in catalog.images]
+        if args.json:
+            _print_json([state.to_dict() for state in states])
+        else:
+            _print_states(states, envs_dir)
+        return EXIT_OK
+    return _build(args, catalog, envs_dir, gpu)
+
+
+def _state(catalog, image_id, envs_dir, requirements_dir, machine_gpu) -> envs.EnvironmentState:
+    try:
+        expected = _requirements(catalog, image_id, requirements_dir, machine_gpu).expected
+    except envs.PinsError as error:
+        state = envs.environment_state(image_id, envs_dir / image_id)
+        return envs.EnvironmentState(**{**state.to_dict(), "problem": str(error)})
+    return envs.environment_state(image_id, envs_dir / image_id, expected)
+
+
+def _requirements(catalog, image_id, requirements_dir, machine_gpu) -> envs.Requirements:
+    # A CPU-only image gets the CPU build even on a GPU machine.
+    gpu = machine_gpu and not catalog.images[image_id].cpu_only
+    path = envs.pinned_requirements(image_id, requirements_dir)
+    return envs.requirements_for(path, gpu=gpu)
+
+
+def _print_states(states, envs_dir: Path) -> None:
+    width = max(len(state.image) for state in states)
+    print(f"{'IMAGE':<{width}}  {'STATE':<7}  {'TENSORFLOW':<10}  PATH")
+    for state in states:
+        print(f"{state.image:<{width}}  {state.state:<7}  {state.tensorflow or '-':<10}  "
+              f"{state.path}")
+        if state.problem:
+            print(f"{'':<{width}}  ({state.problem})")
+        if state.state != envs.BUILT:
+            print(f"{'':<{width}}  build it: {envs.build_command(state.image, envs_dir)}")
+
+
+def _build(args, catalog, envs_dir: Path, machine_gpu: bool) -> int:
+    by_folded = {image_id.casefold(): image_id for image_id in catalog.images}
+    unknown = [name for name in args.images if name.casefold() not in by_folded]
+    if unknown:
+        raise UsageError(f"unknown image {', '.join(map(repr, unknown))}; the catalog "
+                         f"{catalog.source} has: {', '.join(catalog.images)}")
+    image_ids = list(dict.fromkeys(by_folded[name.casefold()] for name in args.images))
+    package = args.package or envs.this_package_source()
+    failed = 0
+    for image_id in image_ids or list(catalog.images):
+        def echo(line, image_id=image_id):
+            print(f"{image_id}: {line}", flush=True)
+
+        try:
+            requirements = _requirements(catalog, image_id, args.requirements_dir, machine_gpu)
+        except envs.PinsError as error:
+            print(f"jupyterhub-credits: {image_id}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        state = envs.environment_state(image_id, envs_dir / image_id, requirements.expected)
+        if state.state == envs.BUILT and not args.force:
+            echo(f"already built from these pins ({requirements.tensorflow}): kept "
+                 "(--force rebuilds it)")
+            continue
+        try:
+            build = envs.build_environment(image_id, requirements, envs_dir, package=package,
+                                           python=args.python, echo=echo,
+                                           show_pip=args.verbose)
+        except envs.BuildError as error:
+            print(f"jupyterhub-credits: {image_id}: {error}; {envs_dir / image_id} is "
+                  "unchanged", file=sys.stderr)
+            if error.output:
+                print("  last lines:", *(f"  | {line}" for line in error.output),
+                      sep="\n", file=sys.stderr)
+            failed += 1
+            continue
+        echo(f"built: {envs_dir / image_id} -> {build}")
+    return EXIT_REFUSED if failed else EXIT_OK
+
+
 def _safe_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -247,6 +388,12 @@ def _safe_url(url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "envs":
+        try:
+            return envs_main(args)
+        except UsageError as error:
+            print(f"jupyterhub-credits: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
     url = args.db or os.environ.get(DB_ENV) or database.DEFAULT_URL
     actor = args.actor or f"cli:{getpass.getuser()}"
     try:

@@ -164,10 +164,30 @@ def configure_credits(c, *, catalog_path: str, db_url: str, spawner: str = "loca
     c.JupyterHub.services = services
 
     # Single-user servers reach the service directly (the hub's own port serves only /hub/).
-    environment = dict(_get(c.Spawner, "environment", {}))
-    environment.setdefault("JUPYTERHUB_CREDITS_API_URL",
-                           f"http://{service_ip}:{service_port}/services/credits/api")
-    c.Spawner.environment = environment
+    api_url = f"http://{service_ip}:{service_port}/services/credits/api"
+    for section in _environment_sections(c, c.JupyterHub.spawner_class):
+        environment = dict(_get(c[section], "environment", {}))
+        environment.setdefault("JUPYTERHUB_CREDITS_API_URL", api_url)
+        c[section].environment = environment
+
+
+def _environment_sections(c, spawner_class: str) -> list[str]:
+    """``Spawner`` and every section of the spawner's own classes that sets ``environment``.
+
+    traitlets lets a subclass's section replace a base class's value: Zero to
+    JupyterHub always sets ``c.KubeSpawner.environment`` (from singleuser.extraEnv,
+    ``{}`` by default), which would hide an entry made in ``c.Spawner.environment``.
+    """
+    from traitlets.utils.importstring import import_item
+
+    try:
+        spawner = spawner_class if isinstance(spawner_class, type) else import_item(spawner_class)
+        classes = spawner.__mro__
+    except (ImportError, AttributeError, ValueError):
+        classes = ()  # a spawner this hub cannot import: the hub itself will say so
+    names = [cls.__name__ for cls in classes if cls.__name__ != "Spawner"]
+    return ["Spawner", *(name for name in names
+                         if name in c and "environment" in c[name])]
 
 
 def login_events(now) -> list[dict]:

@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +51,59 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+#: A server extension of the small environments: GET <server>/env-probe answers the running
+#: server's own sys.prefix, sys.executable and PATH (what it is, not what was intended).
+ENV_PROBE = textwrap.dedent("""
+    import json, os, sys
+    from jupyter_server.base.handlers import APIHandler
+    from jupyter_server.utils import url_path_join
+    from tornado import web
+
+    class EnvProbeHandler(APIHandler):
+        @web.authenticated
+        def get(self):
+            self.finish(json.dumps({"prefix": sys.prefix, "executable": sys.executable,
+                                    "path": os.environ.get("PATH", "")}))
+
+    def _jupyter_server_extension_points():
+        return [{"module": "env_probe"}]
+
+    def _load_jupyter_server_extension(app):
+        route = url_path_join(app.web_app.settings["base_url"], "env-probe")
+        app.web_app.add_handlers(".*$", [(route, EnvProbeHandler)])
+""")
+
+
+def small_environment(path: Path) -> Path:
+    """An image's environment as the local spawner finds it, made in about a second.
+
+    A real virtualenv (its own ``sys.prefix``, its own ``bin/python``) that borrows the
+    hub's packages (a .pth that adds this run's site-packages) and Jupyter data (JupyterLab,
+    the server extensions' settings) instead of installing them, with its own
+    ``bin/jupyterhub-singleuser`` and the ``env-probe`` extension (``ENV_PROBE``).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site_packages = next(path.glob("lib/python*/site-packages"))
+    hub_site_packages = sysconfig.get_paths()["purelib"]
+    # addsitedir, not a plain path: the hub's own .pth files (an editable install) apply too.
+    (site_packages / "hub_packages.pth").write_text(
+        f"import site; site.addsitedir({hub_site_packages!r})\n")
+    (site_packages / "env_probe.py").write_text(ENV_PROBE)
+    config = path / "etc" / "jupyter" / "jupyter_server_config.d"
+    config.mkdir(parents=True)
+    for hub_setting in (Path(sys.prefix) / config.relative_to(path)).glob("*.json"):
+        (config / hub_setting.name).symlink_to(hub_setting)
+    (config / "env_probe.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"env_probe": True}}}))
+    (path / "share").mkdir(exist_ok=True)
+    (path / "share" / "jupyter").symlink_to(Path(sys.prefix) / "share" / "jupyter")
+    program = path / "bin" / "jupyterhub-singleuser"
+    program.write_text(f"#!{path / 'bin' / 'python'}\nimport sys\n"
+                       "from jupyterhub.singleuser import main\nsys.exit(main())\n")
+    program.chmod(0o755)
+    return path
+
+
 def _kill(pids) -> None:
     for pid in pids:
         try:
@@ -61,9 +115,15 @@ def _kill(pids) -> None:
 class HubProcess:
     def __init__(self, workdir: Path, *, db_url: str, local_gpus: str = "a100:0,a100:1,t4:2",
                  meter_interval: float = 0.5, extra_config: str = "", catalog: Path = CATALOG,
-                 logins_earn: bool = False):
+                 logins_earn: bool = False, envs_dir: Path | None = None,
+                 image_environments: dict[str, str] | None = None):
         """``logins_earn``: logins go through the earning rules as on the demo hub (signup
-        bonus, daily login); off by default so that a test's balance is what it granted."""
+        bonus, daily login); off by default so that a test's balance is what it granted.
+
+        ``envs_dir`` / ``image_environments``: where each image's environment is
+        (CreditsLocalProcessSpawner's settings). By default every image runs in the hub's
+        own environment (this test run's Python), as on the demo hub; with ``envs_dir``
+        alone, each image's environment is ``<envs_dir>/<image id>``."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_url = db_url
@@ -72,6 +132,10 @@ class HubProcess:
         self.extra_config = extra_config
         self.catalog = catalog
         self.logins_earn = logins_earn
+        self.envs_dir = envs_dir
+        if image_environments is None and envs_dir is None:
+            image_environments = {"*": sys.prefix}
+        self.image_environments = image_environments or {}
         self.port, self.proxy_api_port, self.hub_port, self.service_port = free_ports(4)
         self.token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -108,6 +172,8 @@ class HubProcess:
             c.Spawner.http_timeout = 30
             c.Spawner.start_timeout = 60
             c.SimpleLocalProcessSpawner.home_dir_template = {str(self.workdir / "home" / "{username}")!r}
+            c.CreditsLocalProcessSpawner.envs_dir = {str(self.envs_dir or self.workdir / "envs")!r}
+            c.CreditsLocalProcessSpawner.image_environments = {self.image_environments!r}
             {allow_root}
             configure_credits(c, catalog_path={str(self.catalog)!r}, db_url={self.db_url!r},
                               spawner="simple", service_port={self.service_port},
@@ -230,6 +296,15 @@ class HubProcess:
         headers = {"Authorization": f"token {token or self.token}"}
         return requests.request(method, f"{self.url}/services/credits/api{path}",
                                 headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def env_probe(self, user: str, name: str = "") -> dict:
+        """What ``user``'s running server says about itself through ``env-probe`` (only
+        servers run from a ``small_environment`` have it)."""
+        path = f"/user/{user}/{name}/env-probe" if name else f"/user/{user}/env-probe"
+        response = requests.get(f"{self.url}{path}", timeout=30,
+                                headers={"Authorization": f"token {self.token}"})
+        response.raise_for_status()
+        return response.json()
 
     def user_token(self, user: str) -> str:
         self.api("POST", f"/users/{user}")

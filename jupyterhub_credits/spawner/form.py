@@ -54,6 +54,13 @@ async def render_options_form(spawner) -> str:
     except LedgerError as error:  # a hub name that cannot have an account (start() refuses it)
         account, available, own_account, account_problem = None, 0, None, str(error)
     min_hours = minimum_hours(quotas)
+    images = []
+    for image_id, image in catalog.images.items():
+        unavailable = spawner.image_unavailable(image_id)
+        images.append({"id": image_id, "display_name": image.display_name,
+                       "gpu_types": image.gpu_types, "default": image.default,
+                       "unavailable": unavailable.label if unavailable else ""})
+    available_images = [image["id"] for image in images if not image["unavailable"]]
     gpu_types = []
     for gpu_id, gpu in catalog.gpu_types.items():
         count = None if free is None else free.get(gpu_id, 0)
@@ -72,9 +79,10 @@ async def render_options_form(spawner) -> str:
             "free": "" if count is None else count, "availability": availability,
         })
     return _templates.get_template("options_form.html").render(
-        images=[{"id": image_id, "display_name": image.display_name,
-                 "gpu_types": image.gpu_types, "default": image.default}
-                for image_id, image in catalog.images.items()],
+        images=images,
+        unavailable_lines=unavailable_lines(images),
+        images_note=getattr(spawner, "images_note", lambda: "")(),
+        no_image_available=not available_images,
         gpu_types=gpu_types,
         cpu_rate=catalog.cpu.price_per_hour,
         cpu_price=format_amount(catalog.cpu.price_per_hour),
@@ -89,26 +97,45 @@ async def render_options_form(spawner) -> str:
         slider_min_hours=html_number(slider_minimum(min_hours, quotas.max_hours_per_session)),
         slider_step_hours=html_number(SLIDER_STEP_HOURS),
         chosen=chosen_options(
-            spawner, catalog, min(max(DEFAULT_HOURS, min_hours), quotas.max_hours_per_session)),
+            spawner, catalog, min(max(DEFAULT_HOURS, min_hours), quotas.max_hours_per_session),
+            available_images),
     )
 
 
-def chosen_options(spawner, catalog, default_hours: Decimal) -> dict:
+def unavailable_lines(images: list[dict]) -> list[str]:
+    """Under the image list, which images cannot run here and why (a closed list does not
+    show its disabled options): "Not installed on this machine: TensorFlow 2.17 (…)"."""
+    by_label: dict[str, list[str]] = {}
+    for image in images:
+        if image["unavailable"]:
+            by_label.setdefault(image["unavailable"], []).append(image["display_name"])
+    return [f"{label[:1].upper()}{label[1:]}: {'; '.join(names)}."
+            for label, names in by_label.items()]
+
+
+def chosen_options(spawner, catalog, default_hours: Decimal,
+                   available_images: list[str] | None = None) -> dict:
     """What the form shows as chosen: the person's last choice when it still names the catalog.
 
     The hub renders the form again after a refused start (and on the next visit), with
     ``user_options`` still holding what was submitted: keeping it spares the person
     choosing image, GPUs and hours again. Otherwise the catalog's default image, CPU only.
+    An image that cannot run here is never chosen (a disabled option would not be sent):
+    then the first that can (None when none can).
     """
-    fallback = {"image": next((i for i, image in catalog.images.items() if image.default), None),
-                "gpu_type": CPU_ONLY, "gpus": 0, "hours": html_number(default_hours)}
+    available = list(catalog.images) if available_images is None else available_images
+    default_image = catalog.default_image.id
+    first_choice = default_image if default_image in available else next(iter(available), None)
+    fallback = {"image": first_choice, "gpu_type": CPU_ONLY, "gpus": 0,
+                "hours": html_number(default_hours)}
     if not spawner.user_options:
         return fallback
     try:
         request = validate_request(catalog, spawner.user_options)
     except InvalidUserOptions:
         return fallback
-    return {"image": request.image, "gpu_type": request.gpu_type, "gpus": request.gpus,
+    image = request.image if request.image in available else first_choice
+    return {"image": image, "gpu_type": request.gpu_type, "gpus": request.gpus,
             "hours": html_number(request.hours)}
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import os
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import url_path_join, wait_for_http_server
@@ -42,7 +43,14 @@ _in_poll: contextvars.ContextVar[bool] = contextvars.ContextVar("credits_in_poll
 
 # HTTP statuses of admission refusals, for the REST API.
 REFUSAL_STATUS = {"invalid": 400, "quota": 403, "balance": 402, "capacity": 503,
-                  "start_failed": 500, "database": 503}
+                  "start_failed": 500, "database": 503, "image_unavailable": 503}
+
+
+class Unavailable(NamedTuple):
+    """Why an image cannot run where this spawner runs servers."""
+
+    label: str  # beside the image on the spawn form, e.g. "not installed on this machine"
+    message: str  # the refusal of a start, naming what fixes it
 
 
 def refuse(message: str, reason: str) -> SpawnException:
@@ -168,6 +176,16 @@ class CreditsSpawner(LoggingConfigurable):
     async def release_gpus(self, session) -> None:
         """Give the session's GPUs back once its server is gone."""
 
+    # --- images (a local spawner overrides these: there an image is installed or not) ---
+
+    def image_unavailable(self, image_id: str) -> Unavailable | None:
+        """Why ``image_id`` cannot run here; None when it can. By default every catalog
+        image is available (KubeSpawner pulls it onto the node)."""
+        return None
+
+    def use_image(self, image_id: str) -> None:
+        """Called once a start is admitted, just before the server starts: run ``image_id``."""
+
     # --- paying account ---------------------------------------------------------------
 
     def _group_names(self) -> list[str]:
@@ -204,6 +222,12 @@ class CreditsSpawner(LoggingConfigurable):
             request = validate_request(context.catalog, self.user_options)
         except InvalidUserOptions as error:
             raise refuse(str(error), "invalid") from None
+        # Before anything is held or assigned: such a start could only fail.
+        unavailable = self.image_unavailable(request.image)
+        if unavailable is not None:
+            self.log.warning("credits: refused %s for %s: %s", request.image, self._log_name,
+                             unavailable.message)
+            raise refuse(unavailable.message, "image_unavailable")
         sessions = context.sessions
 
         # A session left open by a start the hub never finished (a crash) ends first.
@@ -245,6 +269,7 @@ class CreditsSpawner(LoggingConfigurable):
         self.log.info("credits: %s holds %s units for %s (session %s)", account,
                       decision.hold_units, self._log_name, session.key)
         try:
+            self.use_image(request.image)
             await self.place_on_gpus(session, request)
             started = await super().start()
             self._save_state_now()
@@ -375,4 +400,4 @@ def _as_url(started) -> str:
     return started
 
 
-__all__ = ["CPU_ONLY", "CreditsSpawner", "refuse"]
+__all__ = ["CPU_ONLY", "CreditsSpawner", "Unavailable", "refuse"]

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..images import requirements_path
 from .layout import Expected
 
 PACKAGE = "jupyterhub-credits"
@@ -40,11 +41,6 @@ def pinned_requirements(image_id: str, requirements_dir: str | Path | None = Non
         if not path.is_file():
             raise PinsError(f"no pinned requirements for image {image_id!r} (expected {path})")
         return path
-    try:
-        from ..images import requirements_path
-    except ImportError:  # a package built without its images' pins
-        raise PinsError("this jupyterhub-credits has no pinned requirements "
-                        "(jupyterhub_credits.images); pass --requirements-dir") from None
     try:
         return requirements_path(image_id)
     except FileNotFoundError as error:
